@@ -1,0 +1,142 @@
+//! `corral`: boot a micro-VM in this process and stream its serial console.
+//!
+//! Exit status of `corral run`: 0 when the guest powers off; 3 when it asks
+//! for a reset (Corral does not reboot guests); 4 when it crashes; 5 when a
+//! vCPU fails; 130 when stopped by SIGINT/SIGTERM/SIGHUP; 1 when the VM
+//! cannot be built; 2 for bad usage. Every failure prints one line on stderr.
+
+mod signals;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use corral_vmm::{
+    ConsoleConfig, ConsoleInput, ConsoleOutput, VmConfig, VmExit, Vmm, DEFAULT_CMDLINE,
+};
+
+/// Corral: a container runtime with a built-in micro-VM monitor.
+#[derive(Parser)]
+#[command(name = "corral", version, about, long_about = None)]
+struct Cli {
+    /// Log filter for diagnostics on stderr (e.g. `info`, `corral_vmm=debug`);
+    /// RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn", value_name = "FILTER")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest kernel and stream its serial console until it powers off.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Guest kernel: an ELF vmlinux (booted through its PVH note) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initrd / initramfs to load for the guest.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "ARGS", default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128, value_name = "MiB")]
+    memory: u64,
+    /// Write the guest console to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    console_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Run(args) => match run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("corral: error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before any VMM thread exists, so that all of them inherit the mask
+    // and termination signals reach only the signal thread.
+    let termination = signals::block_termination_signals()?;
+    let console = ConsoleConfig {
+        output: args
+            .console_file
+            .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+        input: if stdin_is_interactive() {
+            ConsoleInput::Stdin
+        } else {
+            ConsoleInput::None
+        },
+    };
+    let config = VmConfig {
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        console,
+    };
+    let mut vmm = Vmm::boot(config).context("cannot start the VM")?;
+    signals::spawn_shutdown_thread(termination, vmm.shutdown_handle())?;
+    let exit = vmm.wait();
+    drop(vmm);
+    Ok(report(&exit))
+}
+
+/// Prints why the VM ended (unless it powered off) and picks the status.
+fn report(exit: &VmExit) -> ExitCode {
+    let code = match exit {
+        VmExit::PowerOff => return ExitCode::SUCCESS,
+        VmExit::Reset => 3,
+        VmExit::GuestCrash { .. } => 4,
+        VmExit::VcpuFailed { .. } => 5,
+        VmExit::HostShutdown => 130,
+    };
+    eprintln!("corral: {exit}");
+    ExitCode::from(code)
+}
+
+/// Whether stdin is something a person or program types into (a terminal,
+/// pipe or socket), as opposed to a file or /dev/null.
+fn stdin_is_interactive() -> bool {
+    let fd = std::io::stdin().as_raw_fd();
+    // SAFETY: fstat writes into the zeroed stat we own; fd 0 may be closed,
+    // which fstat reports as an error.
+    let mode = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return false;
+        }
+        st.st_mode & libc::S_IFMT
+    };
+    // SAFETY: isatty only inspects the fd.
+    let tty = unsafe { libc::isatty(fd) } == 1;
+    tty || mode == libc::S_IFIFO || mode == libc::S_IFSOCK
+}

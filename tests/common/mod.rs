@@ -1,0 +1,101 @@
+//! Shared by the integration tests and benchmarks: the test guest, the KVM
+//! check that fails loudly, a lock that keeps VMs from overlapping (thread
+//! names and CPU time are per process), and /proc helpers.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use corral_vmm::{ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput, VmConfig};
+
+/// The test guest ELF, built by build.rs.
+pub fn test_guest() -> PathBuf {
+    PathBuf::from(env!("CORRAL_TEST_GUEST"))
+}
+
+/// Which KVM this is, for test output.
+pub fn kvm_flavour() -> &'static str {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        "PVM (kvm-pvm: guest ring 0 emulated, ring 3 native)"
+    } else {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if cpuinfo.split_whitespace().any(|w| w == "vmx" || w == "svm") {
+            "hardware virtualization (vmx/svm)"
+        } else {
+            "unknown"
+        }
+    }
+}
+
+/// Fails the test loudly unless /dev/kvm can be opened read-write, and
+/// serialises tests that run VMs. Hold the guard for the whole test.
+pub fn kvm() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static ANNOUNCED: OnceLock<()> = OnceLock::new();
+    // Lock first: tests count this process's fds while holding it.
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("this test needs /dev/kvm (read-write) and cannot run without it: {e}");
+    }
+    ANNOUNCED.get_or_init(|| eprintln!("KVM on this host: {}", kvm_flavour()));
+    guard
+}
+
+/// A config booting the test guest with `cmdline`, console into a buffer.
+pub fn guest_config(vcpus: u32, cmdline: &str) -> (VmConfig, ConsoleBuffer) {
+    let console = ConsoleBuffer::new();
+    let mut config = VmConfig::new(test_guest());
+    config.vcpus = vcpus;
+    config.cmdline = cmdline.to_string();
+    config.console = ConsoleConfig {
+        output: ConsoleOutput::Buffer(console.clone()),
+        input: ConsoleInput::None,
+    };
+    (config, console)
+}
+
+/// This process's threads: TID → name.
+pub fn threads() -> BTreeMap<i32, String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let tid = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((tid, comm.trim().to_string()))
+        })
+        .collect()
+}
+
+/// TIDs of this process's threads whose name matches `pred`.
+pub fn tids_named(pred: impl Fn(&str) -> bool) -> Vec<i32> {
+    threads()
+        .into_iter()
+        .filter(|(_, name)| pred(name))
+        .map(|(tid, _)| tid)
+        .collect()
+}
+
+/// Whether `name` is a vCPU thread name (`vcpu` + digits).
+pub fn is_vcpu_name(name: &str) -> bool {
+    name.strip_prefix("vcpu")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Number of open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A scratch directory for this test process.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("corral-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

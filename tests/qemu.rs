@@ -1,0 +1,107 @@
+//! The test guest is not tuned to Corral: it boots under QEMU microvm with
+//! KVM as well, starts both vCPUs and runs its workload on each. QEMU's COM1
+//! is port I/O only, which the guest uses only in ring 0 (the banner), so
+//! the per-vCPU results are read back from guest RAM (a shared file) after
+//! QEMU exits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RESULTS_ADDR: usize = 0x30_0000;
+const ITERATIONS: u64 = 20_000_000;
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn test_guest_boots_under_qemu_microvm() {
+    let _kvm = common::kvm();
+    let qemu = "qemu-system-x86_64";
+    if Command::new(qemu).arg("--version").output().is_err() {
+        panic!("{qemu} is missing: install Debian's qemu-system-x86 (the README's set-up does)");
+    }
+    let ram = common::scratch_dir("qemu").join("guest-ram");
+    let _ = std::fs::remove_file(&ram);
+    let started = Instant::now();
+    let mut child = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=ram",
+            "-object",
+            &format!(
+                "memory-backend-file,id=ram,size=128M,mem-path={},share=on",
+                ram.display()
+            ),
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+            "-m",
+            "128",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+            common::test_guest().to_str().unwrap(),
+            "-append",
+            &format!("uart=none boot_timer=none poweroff=0xfea00200 iterations={ITERATIONS}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("QEMU did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "QEMU failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("corral-test-guest: booting"), "{stdout}");
+
+    let mem = std::fs::read(&ram).unwrap();
+    std::fs::remove_file(&ram).unwrap();
+    let r = &mem[RESULTS_ADDR..RESULTS_ADDR + 40 + 2 * 24];
+    assert_eq!(&r[0..8], b"CORRALTG", "the guest never reached ring 3");
+    let (expected, arrived, done, status) =
+        (u32_at(r, 8), u32_at(r, 12), u32_at(r, 16), u32_at(r, 20));
+    assert_eq!(expected, 2, "the guest found 2 vCPUs in QEMU's MP table");
+    assert_eq!(arrived, 1, "the AP checked in");
+    assert_eq!(done, 2, "both vCPUs finished the workload");
+    assert_eq!(status, 1, "the guest reported success");
+    for cpu in 0..2 {
+        let at = 40 + 24 * cpu;
+        let (apic, cpu_done, iters, cycles) = (
+            u32_at(r, at),
+            u32_at(r, at + 4),
+            u64_at(r, at + 8),
+            u64_at(r, at + 16),
+        );
+        assert_eq!((apic, cpu_done, iters), (cpu as u32, 1, ITERATIONS));
+        eprintln!("QEMU: cpu {cpu} apic {apic}: ran {iters} iterations in {cycles} cycles");
+    }
+    eprintln!("QEMU microvm run took {} ms", started.elapsed().as_millis());
+}

@@ -1,0 +1,167 @@
+//! How a VM ends, and the one place that records it.
+//!
+//! Whoever sees the end first (a vCPU thread on a guest power-off or crash, a
+//! device, the host asking for shutdown) calls [`ExitState::record`]; the
+//! first reason wins, every vCPU loop sees [`ExitState::is_exiting`], and the
+//! waiter in `Vmm::wait` wakes on the eventfd.
+
+use std::fmt;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_devices::bus::lock;
+use corral_devices::power::{PowerEvent, PowerEventSink};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest asked for a reset (reboot); Corral ends the VM instead.
+    Reset,
+    /// The host asked the VM to stop.
+    HostShutdown,
+    /// The guest can no longer run: triple fault, failed entry, KVM
+    /// emulation failure.
+    GuestCrash {
+        /// The vCPU that saw it.
+        vcpu: u32,
+        /// What happened.
+        reason: String,
+        /// That vCPU's registers at the time, when they could be read.
+        registers: Option<String>,
+    },
+    /// The VMM failed to run a vCPU.
+    VcpuFailed {
+        /// The vCPU.
+        vcpu: u32,
+        /// The error.
+        error: String,
+    },
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmExit::PowerOff => write!(f, "the guest powered off"),
+            VmExit::Reset => write!(
+                f,
+                "the guest asked for a reset; Corral does not reboot guests"
+            ),
+            VmExit::HostShutdown => write!(f, "the VM was shut down by the host"),
+            VmExit::GuestCrash {
+                vcpu,
+                reason,
+                registers,
+            } => {
+                write!(f, "guest crashed on vcpu{vcpu}: {reason}")?;
+                if let Some(regs) = registers {
+                    write!(f, " ({regs})")?;
+                }
+                Ok(())
+            }
+            VmExit::VcpuFailed { vcpu, error } => write!(f, "vcpu{vcpu} failed: {error}"),
+        }
+    }
+}
+
+/// The shared record of the VM's end.
+#[derive(Debug)]
+pub(crate) struct ExitState {
+    reason: Mutex<Option<VmExit>>,
+    exiting: AtomicBool,
+    event: EventFd,
+}
+
+impl ExitState {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            reason: Mutex::new(None),
+            exiting: AtomicBool::new(false),
+            event: EventFd::new(libc::EFD_CLOEXEC)?,
+        })
+    }
+
+    /// Records `exit` unless an earlier reason was recorded; returns whether
+    /// this one was.
+    pub(crate) fn record(&self, exit: VmExit) -> bool {
+        let mut reason = lock(&self.reason);
+        if reason.is_some() {
+            return false;
+        }
+        *reason = Some(exit);
+        self.exiting.store(true, Ordering::SeqCst);
+        // Cannot fail short of the counter overflowing, which one write per
+        // VM does not do.
+        let _ = self.event.write(1);
+        true
+    }
+
+    /// Whether the VM is ending; vCPU loops check it after every exit.
+    pub(crate) fn is_exiting(&self) -> bool {
+        self.exiting.load(Ordering::SeqCst)
+    }
+
+    /// The recorded reason, if any.
+    pub(crate) fn reason(&self) -> Option<VmExit> {
+        lock(&self.reason).clone()
+    }
+
+    /// Blocks until a reason is recorded or `timeout` passes.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> Option<VmExit> {
+        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+        if self.reason().is_none() {
+            let mut pfd = libc::pollfd {
+                fd: self.event.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, and poll writes only its revents.
+            // EINTR or a timeout just means we look at the reason again.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
+        self.reason()
+    }
+}
+
+impl PowerEventSink for ExitState {
+    fn power_event(&self, event: PowerEvent) {
+        self.record(match event {
+            PowerEvent::PowerOff => VmExit::PowerOff,
+            PowerEvent::Reset => VmExit::Reset,
+        });
+    }
+}
+
+/// Asks a running VM to stop, from any thread.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(pub(crate) Arc<ExitState>);
+
+impl ShutdownHandle {
+    /// Requests shutdown; `Vmm::wait` then returns [`VmExit::HostShutdown`]
+    /// (unless the guest ended first) once every vCPU has left the guest.
+    pub fn request(&self) {
+        self.0.record(VmExit::HostShutdown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins_and_wakes_waiter() {
+        let state = Arc::new(ExitState::new().unwrap());
+        assert_eq!(state.wait(Some(Duration::from_millis(1))), None);
+        let s = state.clone();
+        let t = std::thread::spawn(move || s.wait(None));
+        std::thread::sleep(Duration::from_millis(10));
+        state.power_event(PowerEvent::PowerOff);
+        ShutdownHandle(state.clone()).request();
+        assert_eq!(t.join().unwrap(), Some(VmExit::PowerOff));
+        assert!(state.is_exiting());
+    }
+}

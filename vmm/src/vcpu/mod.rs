@@ -1,0 +1,162 @@
+//! vCPUs: creation and configuration (CPUID, MSRs, APIC wiring, boot
+//! registers), and the gate that holds every vCPU thread between spawning
+//! and its first `KVM_RUN`, so that its TID can be acted on (cgroup
+//! placement) before any guest code runs on it.
+
+pub(crate) mod kick;
+pub(crate) mod run;
+
+use std::sync::{Condvar, Mutex};
+
+use kvm_bindings::{kvm_msr_entry, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::VcpuFd;
+use thiserror::Error;
+use tracing::debug;
+
+use crate::loader::BootProtocol;
+use crate::vm::Vm;
+use crate::x86_64::cpuid;
+use crate::x86_64::msr::{self, MsrError};
+use crate::x86_64::regs::{self, RegsError};
+
+/// A vCPU could not be set up or run.
+#[derive(Debug, Error)]
+pub enum VcpuError {
+    /// KVM would not create it.
+    #[error("KVM could not create vCPU {0}")]
+    Create(u32, #[source] kvm_ioctls::Error),
+    /// KVM would not report or take the CPUID.
+    #[error("cannot set up CPUID for vCPU {0}")]
+    Cpuid(u32, #[source] kvm_ioctls::Error),
+    /// MSRs could not be set.
+    #[error("cannot set up MSRs of vCPU {0}")]
+    Msrs(u32, #[source] MsrError),
+    /// Registers could not be set.
+    #[error("cannot set up registers of vCPU {0}")]
+    Regs(u32, #[source] RegsError),
+    /// The kick signal could not be installed.
+    #[error("{0}")]
+    Signal(String),
+}
+
+/// A configured vCPU, ready to be moved onto its thread.
+pub struct Vcpu {
+    /// Index, which is also its APIC ID.
+    pub index: u32,
+    pub(crate) fd: VcpuFd,
+}
+
+/// Creates and configures `count` vCPUs; vCPU 0 gets the boot state for
+/// `protocol`, the others wait for INIT/SIPI from the guest, as on hardware.
+pub(crate) fn create_vcpus(
+    vm: &Vm,
+    count: u32,
+    protocol: &BootProtocol,
+) -> Result<Vec<Vcpu>, VcpuError> {
+    kick::install_handler().map_err(VcpuError::Signal)?;
+    let supported = vm
+        .kvm()
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VcpuError::Cpuid(0, e))?;
+    let mut msrs = msr::boot_msrs();
+    msrs.extend(msr::feature_msrs(vm.kvm()));
+    (0..count)
+        .map(|index| {
+            let fd = vm
+                .fd()
+                .create_vcpu(u64::from(index))
+                .map_err(|e| VcpuError::Create(index, e))?;
+            let vcpu = Vcpu { index, fd };
+            vcpu.configure(
+                vm,
+                &supported,
+                count,
+                &msrs,
+                (index == 0).then_some(protocol),
+            )?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+impl Vcpu {
+    fn configure(
+        &self,
+        vm: &Vm,
+        supported: &CpuId,
+        count: u32,
+        msrs: &[kvm_msr_entry],
+        boot: Option<&BootProtocol>,
+    ) -> Result<(), VcpuError> {
+        let index = self.index;
+        let mut cpuid = supported.clone();
+        cpuid::configure(&mut cpuid, index, count);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| VcpuError::Cpuid(index, e))?;
+        let refused = msr::set_tolerant(&self.fd, msrs).map_err(|e| VcpuError::Msrs(index, e))?;
+        if !refused.is_empty() {
+            debug!("vcpu{index}: KVM refused MSRs {refused:#x?}; continuing without them");
+        }
+        regs::setup_fpu(&self.fd).map_err(|e| VcpuError::Regs(index, e))?;
+        regs::setup_lint(&self.fd).map_err(|e| VcpuError::Regs(index, e))?;
+        if let Some(protocol) = boot {
+            regs::setup_boot_vcpu(&self.fd, vm.memory(), protocol)
+                .map_err(|e| VcpuError::Regs(index, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GateState {
+    Closed,
+    Open,
+    Abandoned,
+}
+
+/// Holds vCPU threads before their first guest entry.
+#[derive(Debug)]
+pub(crate) struct StartGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+impl StartGate {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: Mutex::new(GateState::Closed),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn set(&self, to: GateState) {
+        let mut state = corral_devices::bus::lock(&self.state);
+        if *state == GateState::Closed {
+            *state = to;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Lets the vCPUs run.
+    pub(crate) fn open(&self) {
+        self.set(GateState::Open);
+    }
+
+    /// Sends the vCPUs home without running.
+    pub(crate) fn abandon(&self) {
+        self.set(GateState::Abandoned);
+    }
+
+    /// Blocks until opened (true) or abandoned (false).
+    pub(crate) fn pass(&self) -> bool {
+        let mut state = corral_devices::bus::lock(&self.state);
+        while *state == GateState::Closed {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        *state == GateState::Open
+    }
+}

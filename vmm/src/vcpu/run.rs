@@ -1,0 +1,149 @@
+//! The vCPU thread: wait at the start gate, then `KVM_RUN` in a loop,
+//! dispatching port-I/O and MMIO exits to the buses, until the VM ends.
+//!
+//! Every exit the guest can cause is handled without panicking: accesses to
+//! nothing read as all-ones and are otherwise ignored; a triple fault, a
+//! failed entry or a KVM emulation failure end the VM as a guest crash with
+//! the vCPU's registers logged.
+
+use std::sync::Arc;
+
+use corral_devices::bus::Bus;
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::VcpuExit;
+use tracing::{debug, error, trace};
+
+use super::{kick, StartGate, Vcpu};
+use crate::exit::{ExitState, VmExit};
+
+/// What a vCPU thread shares with the rest of the VMM.
+pub(crate) struct VcpuContext {
+    pub(crate) pio: Arc<Bus>,
+    pub(crate) mmio: Arc<Bus>,
+    pub(crate) exit: Arc<ExitState>,
+    pub(crate) gate: Arc<StartGate>,
+}
+
+/// What to do after an exit, decided while the exit borrows the vCPU.
+enum Next {
+    Continue,
+    /// KVM_RUN was interrupted (kick): clear immediate_exit, look again.
+    Interrupted,
+    /// The VM ends for this reason.
+    End(VmExit),
+    /// The guest can no longer run.
+    Crash(String),
+}
+
+/// Body of a vCPU thread.
+pub(crate) fn vcpu_thread(mut vcpu: Vcpu, ctx: VcpuContext) {
+    let _kick = kick::arm(&mut vcpu.fd);
+    if !ctx.gate.pass() {
+        return;
+    }
+    debug!("vcpu{} entering the guest", vcpu.index);
+    if let Some(exit) = run_until_exit(&mut vcpu, &ctx) {
+        ctx.exit.record(exit);
+    }
+}
+
+/// Runs until the VM is exiting; returns the reason if this vCPU found it.
+fn run_until_exit(vcpu: &mut Vcpu, ctx: &VcpuContext) -> Option<VmExit> {
+    let index = vcpu.index;
+    loop {
+        if ctx.exit.is_exiting() {
+            return None;
+        }
+        let next = match vcpu.fd.run() {
+            Ok(exit) => handle_exit(index, exit, ctx),
+            Err(e) if e.errno() == libc::EINTR => Next::Interrupted,
+            Err(e) if e.errno() == libc::EAGAIN => Next::Continue,
+            Err(e) => Next::End(VmExit::VcpuFailed {
+                vcpu: index,
+                error: format!("KVM_RUN failed: {e}"),
+            }),
+        };
+        match next {
+            Next::Continue => {}
+            Next::Interrupted => vcpu.fd.set_kvm_immediate_exit(0),
+            Next::End(exit) => return Some(exit),
+            Next::Crash(reason) => {
+                let registers = register_summary(vcpu);
+                error!(
+                    "vcpu{index}: guest crashed: {reason}; registers: {}",
+                    registers.as_deref().unwrap_or("unreadable")
+                );
+                return Some(VmExit::GuestCrash {
+                    vcpu: index,
+                    reason,
+                    registers,
+                });
+            }
+        }
+    }
+}
+
+fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                trace!("vcpu{index}: read of unclaimed port {port:#x}");
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !ctx.pio.write(u64::from(port), data) {
+                trace!("vcpu{index}: write to unclaimed port {port:#x}");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                debug!("vcpu{index}: read of unclaimed MMIO {addr:#x}");
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                debug!("vcpu{index}: write to unclaimed MMIO {addr:#x}");
+            }
+        }
+        VcpuExit::Intr => return Next::Interrupted,
+        VcpuExit::Shutdown => return Next::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into()),
+        VcpuExit::SystemEvent(kind, _) => {
+            return match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Next::End(VmExit::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Next::End(VmExit::Reset),
+                KVM_SYSTEM_EVENT_CRASH => Next::Crash("the guest reported a crash".into()),
+                other => Next::Crash(format!("unknown system event {other}")),
+            }
+        }
+        VcpuExit::FailEntry(reason, cpu) => return Next::Crash(format!(
+            "KVM could not enter the guest (hardware entry failure {reason:#x} on host CPU {cpu})"
+        )),
+        VcpuExit::InternalError => {
+            return Next::Crash("KVM internal error (emulation failure)".into())
+        }
+        VcpuExit::Hlt => return Next::Crash("the vCPU halted with nothing to wake it".into()),
+        other => return Next::Crash(format!("unexpected exit {other:?}")),
+    }
+    Next::Continue
+}
+
+/// The registers that say where and in what mode a vCPU was.
+fn register_summary(vcpu: &Vcpu) -> Option<String> {
+    let regs = vcpu.fd.get_regs().ok()?;
+    let sregs = vcpu.fd.get_sregs().ok()?;
+    Some(format!(
+        "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cpl={} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+        regs.rip,
+        regs.rsp,
+        regs.rflags,
+        sregs.cs.selector,
+        sregs.cs.dpl,
+        sregs.cr0,
+        sregs.cr2,
+        sregs.cr3,
+        sregs.cr4,
+        sregs.efer
+    ))
+}

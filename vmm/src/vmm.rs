@@ -1,0 +1,316 @@
+//! The VMM's public face: build a VM from a [`VmConfig`] in one linear
+//! sequence ([`Vmm::create`]), let it run ([`Vmm::start`]), wait for its end
+//! ([`Vmm::wait`]) or stop it ([`ShutdownHandle`], or dropping the `Vmm`).
+//!
+//! Between `create` and `start` every thread exists, named, with its TID
+//! known ([`Vmm::vcpu_tids`], [`Vmm::other_tids`]), and no guest code has
+//! run: that is the window in which the runtime places vCPU threads into
+//! the sandbox's constrained cgroup.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use corral_devices::boot_timer::BootTime;
+use thiserror::Error;
+use tracing::{error, info};
+use vmm_sys_util::signal::Killable;
+
+use crate::config::{VmConfig, VmConfigError};
+use crate::console::{ConsoleInput, ConsoleInputHandler, ConsoleOutput};
+use crate::exit::{ExitState, ShutdownHandle, VmExit};
+use crate::io_thread::{IoThread, PendingIoThread, Subscriber};
+use crate::loader::{load_cmdline, load_initrd, load_kernel, BootProtocol, KernelLoadError};
+use crate::platform::{Platform, PlatformError};
+use crate::threads::{spawn_named, Tid};
+use crate::vcpu::run::{vcpu_thread, VcpuContext};
+use crate::vcpu::{create_vcpus, kick, StartGate, VcpuError};
+use crate::vm::{Vm, VmError};
+use crate::x86_64::boot_params::{write_pvh, write_zero_page, BootParamsError};
+use crate::x86_64::mptable::{setup_mptable, MpTableError, MAX_MPTABLE_VCPUS};
+
+/// A VM could not be built.
+#[derive(Debug, Error)]
+pub enum VmmError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] VmConfigError),
+    /// KVM could not give us a VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Kernel(#[from] KernelLoadError),
+    /// Boot parameters could not be written.
+    #[error(transparent)]
+    BootParams(#[from] BootParamsError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    MpTable(#[from] MpTableError),
+    /// Platform devices could not be set up.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// vCPUs could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The console output cannot be opened.
+    #[error("cannot open console output {path}")]
+    ConsoleOutput {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The console input cannot be set up.
+    #[error("cannot attach console input")]
+    ConsoleInput(#[source] io::Error),
+    /// A thread or eventfd could not be created.
+    #[error("cannot start the VMM's {0} thread")]
+    Thread(&'static str, #[source] io::Error),
+}
+
+struct VcpuThread {
+    tid: Tid,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// The vCPU threads; stopping (or dropping) them releases or kicks each one
+/// out of the guest and joins it.
+struct VcpuThreads {
+    gate: Arc<StartGate>,
+    threads: Vec<VcpuThread>,
+}
+
+impl VcpuThreads {
+    fn stop(&mut self) {
+        self.gate.abandon();
+        for thread in &mut self.threads {
+            let Some(handle) = thread.handle.take() else {
+                continue;
+            };
+            // ESRCH (already finished) is fine; anything else we cannot fix.
+            let _ = handle.kill(kick::kick_signal());
+            if handle.join().is_err() {
+                error!("vCPU thread {} panicked", thread.tid);
+            }
+        }
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A VM and the threads that run it.
+///
+/// Field order is teardown order: vCPU threads, then the I/O thread, then
+/// the devices' last references, then guest memory and the KVM fds.
+pub struct Vmm {
+    vcpus: VcpuThreads,
+    io: IoThread,
+    exit: Arc<ExitState>,
+    boot_time: BootTime,
+    created: Instant,
+    vm: Vm,
+}
+
+impl Vmm {
+    /// Builds the VM described by `config`: memory, kernel, boot parameters,
+    /// devices, vCPUs and their threads, which wait at the start gate.
+    pub fn create(config: VmConfig) -> Result<Self, VmmError> {
+        config.validate()?;
+        let created = Instant::now();
+        let mem_size = config.memory_bytes();
+        let vm = Vm::new(mem_size)?;
+        check_vcpu_limit(config.vcpus, vm.max_vcpus())?;
+
+        let kernel = load_kernel(vm.memory(), mem_size, &config.kernel)?;
+        let initrd = config
+            .initrd
+            .as_deref()
+            .map(|path| load_initrd(vm.memory(), &kernel, path))
+            .transpose()?;
+        let cmdline_len = load_cmdline(vm.memory(), &kernel, &config.cmdline)?;
+        match kernel.protocol {
+            BootProtocol::Pvh { .. } => write_pvh(vm.memory(), mem_size, initrd)?,
+            BootProtocol::Linux64 { header, .. } => {
+                write_zero_page(vm.memory(), mem_size, header, cmdline_len, initrd)?
+            }
+        }
+        setup_mptable(vm.memory(), config.vcpus)?;
+
+        let exit = Arc::new(ExitState::new().map_err(|e| VmmError::Thread("exit event", e))?);
+        let boot_time = BootTime::default();
+        let console_out = config.console.output.open().map_err(|source| {
+            let path = match &config.console.output {
+                ConsoleOutput::File(path) => path.clone(),
+                _ => PathBuf::from("(stdout)"),
+            };
+            VmmError::ConsoleOutput { path, source }
+        })?;
+        let platform = Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
+        let vcpus = create_vcpus(&vm, config.vcpus, &kernel.protocol)?;
+
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        if config.console.input == ConsoleInput::Stdin {
+            let wants_input = platform
+                .serial_wants_input
+                .try_clone()
+                .map_err(VmmError::ConsoleInput)?;
+            subscribers.push(Box::new(
+                ConsoleInputHandler::stdin(platform.serial.clone(), wants_input)
+                    .map_err(VmmError::ConsoleInput)?,
+            ));
+        }
+        let io = PendingIoThread::spawn(subscribers).map_err(|e| VmmError::Thread("vmm-io", e))?;
+
+        let gate = Arc::new(StartGate::new());
+        let (pio, mmio) = (Arc::new(platform.pio), Arc::new(platform.mmio));
+        let mut threads = VcpuThreads {
+            gate: gate.clone(),
+            threads: Vec::with_capacity(vcpus.len()),
+        };
+        let mut pending = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            let ctx = VcpuContext {
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                exit: exit.clone(),
+                gate: gate.clone(),
+            };
+            let spawned = spawn_named(format!("vcpu{}", vcpu.index), move || {
+                vcpu_thread(vcpu, ctx)
+            });
+            // On error, dropping `threads` and `pending` lets the threads
+            // already spawned leave through the gate.
+            pending.push(spawned.map_err(|e| VmmError::Thread("vCPU", e))?);
+        }
+        for spawned in pending {
+            let (handle, tid) = spawned.collect().map_err(|e| VmmError::Thread("vCPU", e))?;
+            threads.threads.push(VcpuThread {
+                tid,
+                handle: Some(handle),
+            });
+        }
+        let io = io.collect().map_err(|e| VmmError::Thread("vmm-io", e))?;
+        info!(
+            "VM created in {} µs: {} vCPU(s), {} MiB, {:?} boot",
+            created.elapsed().as_micros(),
+            config.vcpus,
+            config.memory_mib,
+            kernel.protocol
+        );
+        Ok(Self {
+            vcpus: threads,
+            io,
+            exit,
+            boot_time,
+            created,
+            vm,
+        })
+    }
+
+    /// Builds the VM and starts it.
+    pub fn boot(config: VmConfig) -> Result<Self, VmmError> {
+        let vmm = Self::create(config)?;
+        vmm.start();
+        Ok(vmm)
+    }
+
+    /// Lets the vCPUs enter the guest.
+    pub fn start(&self) {
+        self.vcpus.gate.open();
+    }
+
+    /// TIDs of the vCPU threads, by vCPU index.
+    pub fn vcpu_tids(&self) -> Vec<Tid> {
+        self.vcpus.threads.iter().map(|t| t.tid).collect()
+    }
+
+    /// TIDs of every other thread of the VMM (device I/O and event loops).
+    pub fn other_tids(&self) -> Vec<Tid> {
+        vec![self.io.tid()]
+    }
+
+    /// How long after VM creation the guest signalled the boot timer.
+    pub fn boot_time(&self) -> Option<Duration> {
+        self.boot_time.get().copied()
+    }
+
+    /// When the VM's creation began (the boot timer's reference).
+    pub fn created_at(&self) -> Instant {
+        self.created
+    }
+
+    /// A handle with which any thread can stop the VM.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.exit.clone())
+    }
+
+    /// Waits for the VM to end, then stops every vCPU.
+    pub fn wait(&mut self) -> VmExit {
+        loop {
+            if let Some(exit) = self.wait_timeout(None) {
+                return exit;
+            }
+        }
+    }
+
+    /// Like [`Vmm::wait`], giving up after `timeout` (`None`: no limit).
+    pub fn wait_timeout(&mut self, timeout: Option<Duration>) -> Option<VmExit> {
+        let exit = self.exit.wait(timeout)?;
+        self.vcpus.stop();
+        info!("VM ended: {exit}");
+        Some(exit)
+    }
+
+    /// Guest memory size in bytes.
+    pub fn memory_size(&self) -> u64 {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        self.vm.memory().iter().map(GuestMemoryRegion::len).sum()
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.exit.record(VmExit::HostShutdown);
+        self.vcpus.stop();
+        self.io.stop();
+    }
+}
+
+fn check_vcpu_limit(requested: u32, kvm_max: usize) -> Result<(), VmConfigError> {
+    let kvm_max = u32::try_from(kvm_max).unwrap_or(u32::MAX);
+    let limit = kvm_max.min(MAX_MPTABLE_VCPUS);
+    if requested > limit {
+        return Err(VmConfigError::TooManyVcpus {
+            requested,
+            limit,
+            why: format!("this host's KVM allows {kvm_max}, Corral's MP table {MAX_MPTABLE_VCPUS}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_limit_names_both_limits() {
+        check_vcpu_limit(2, 1024).unwrap();
+        check_vcpu_limit(254, 1024).unwrap();
+        let e = check_vcpu_limit(1025, 1024).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "vCPU count 1025: at most 254 are supported here (this host's KVM allows 1024, Corral's MP table 254)"
+        );
+        let e = check_vcpu_limit(17, 16).unwrap_err().to_string();
+        assert!(e.contains("at most 16"), "{e}");
+    }
+}
