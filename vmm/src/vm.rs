@@ -6,7 +6,9 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 
 use crate::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_ADDRESS};
-use crate::memory::{create_guest_memory, register_memory, GuestMemoryMmap, MemoryError};
+use crate::memory::{
+    create_guest_memory, register_memory, unregister_memory, GuestMemoryMmap, MemoryError,
+};
 
 /// The KVM API version every supported kernel reports.
 const KVM_API_VERSION: i32 = 12;
@@ -43,8 +45,8 @@ const REQUIRED_CAPS: [Cap; 6] = [
 
 /// A VM with memory and interrupt controllers, but no vCPUs yet.
 ///
-/// Field order is teardown order: guest memory is unmapped before the VM fd
-/// closes, so closing the fd has no mapped memory left to tear down.
+/// Teardown deletes the memory slots first (the cheapest order, see
+/// `unregister_memory`), then unmaps guest memory, then closes the VM fd.
 pub struct Vm {
     memory: GuestMemoryMmap,
     fd: VmFd,
@@ -105,5 +107,11 @@ impl Vm {
     /// The most vCPUs this KVM allows in one VM.
     pub fn max_vcpus(&self) -> usize {
         self.kvm.get_max_vcpus()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        unregister_memory(&self.fd, &self.memory);
     }
 }

@@ -117,9 +117,11 @@ fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
                 other => Next::Crash(format!("unknown system event {other}")),
             }
         }
-        VcpuExit::FailEntry(reason, cpu) => return Next::Crash(format!(
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Next::Crash(format!(
             "KVM could not enter the guest (hardware entry failure {reason:#x} on host CPU {cpu})"
-        )),
+        ))
+        }
         VcpuExit::InternalError => {
             return Next::Crash("KVM internal error (emulation failure)".into())
         }
