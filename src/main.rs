@@ -59,7 +59,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    if let Err(e) = init_logging(&cli.log) {
+        eprintln!("corral: error: {e:#}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Run(args) => match run(args) {
             Ok(code) => code,
@@ -71,14 +74,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+/// Logs to stderr, filtered by RUST_LOG if set, else by `--log`.
+fn init_logging(log: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(env) => EnvFilter::try_new(&env)
+            .with_context(|| format!("RUST_LOG={env:?} is not a valid log filter"))?,
+        Err(_) => EnvFilter::try_new(log)
+            .with_context(|| format!("--log {log:?} is not a valid log filter (try `info`)"))?,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,8 @@
 //! SIGINT, SIGTERM and SIGHUP stop the VM cleanly instead of killing the
 //! process mid-I/O: they are blocked in every thread (the mask is set before
 //! the VMM spawns any) and a dedicated thread, `corral-signals`, waits for
-//! them and asks the VM to shut down.
+//! them and asks the VM to shut down. A second signal means the user does
+//! not want to wait: the process exits at once.
 
 use std::io;
 
@@ -36,13 +37,26 @@ pub fn spawn_shutdown_thread(signals: TerminationSignals, vm: ShutdownHandle) ->
     std::thread::Builder::new()
         .name("corral-signals".into())
         .spawn(move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: the set was initialised by block_termination_signals
-            // and `sig` is a valid out-pointer.
-            let rc = unsafe { libc::sigwait(&signals.0, &mut sig) };
-            if rc == 0 {
+            tracing::debug!(
+                "corral-signals thread has TID {}",
+                corral_vmm::threads::gettid()
+            );
+            let mut requested = false;
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: the set was initialised by block_termination_signals
+                // and `sig` is a valid out-pointer.
+                let rc = unsafe { libc::sigwait(&signals.0, &mut sig) };
+                if rc != 0 {
+                    continue;
+                }
+                if requested {
+                    eprintln!("corral: signal {sig} again: exiting without waiting for the VM");
+                    std::process::exit(128 + sig);
+                }
                 tracing::info!("signal {sig} received: shutting the VM down");
                 vm.request();
+                requested = true;
             }
         })
         .map(|_| ())

@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn corral(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_corral"))
@@ -75,11 +76,50 @@ fn reset_and_crash_exit_non_zero_with_one_line() {
         let out = run_guest(cmdline, "1");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{cmdline}: {stderr}");
-        let reason: Vec<_> = stderr
-            .lines()
-            .filter(|l| l.starts_with("corral: "))
-            .collect();
-        assert_eq!(reason.len(), 1, "{stderr}");
-        assert!(reason[0].contains(needle), "{stderr}");
+        let lines: Vec<_> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one line on stderr: {stderr}");
+        assert!(
+            lines[0].starts_with("corral: ") && lines[0].contains(needle),
+            "{stderr}"
+        );
     }
+}
+
+#[test]
+fn a_stalled_console_reader_does_not_stop_shutdown() {
+    let _kvm = common::kvm();
+    let guest = common::test_guest();
+    // stdout is a pipe nobody reads while the guest prints without end.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args([
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "workload=flood",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "corral exited early");
+    // SAFETY: kill(2) on our own child's PID, which is still ours to reap.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("corral did not stop within 10 s of SIGTERM with a stalled console reader");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(130));
+    eprintln!(
+        "SIGTERM → exit with a stalled reader: {} ms",
+        asked.elapsed().as_millis()
+    );
 }

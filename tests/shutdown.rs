@@ -36,7 +36,21 @@ fn shutdown_request_stops_spinning_vcpus() {
         "guest did not reach its spin loop:\n{}",
         console.text()
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // Guest code runs on the reported threads: each vCPU TID burns CPU
+    // while the guest spins.
+    let before: Vec<u64> = vmm
+        .vcpu_tids()
+        .iter()
+        .map(|t| common::cpu_ticks(*t))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for (tid, was) in vmm.vcpu_tids().iter().zip(before) {
+        let used = common::cpu_ticks(*tid) - was;
+        assert!(
+            used >= 20,
+            "vCPU thread {tid} used only {used} ticks in 500 ms of guest spinning"
+        );
+    }
 
     // From another thread, as a signal handler or API server would.
     let handle = vmm.shutdown_handle();

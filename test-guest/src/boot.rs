@@ -111,7 +111,7 @@ enter_long_mode:
     or $0x100, %eax
     wrmsr
     mov %cr0, %eax
-    and $0xfffffffb, %eax         /* no x87 emulation (EM) */
+    and $0x9ffffffb, %eax         /* caches on (CD, NW clear after INIT); no EM */
     or $0x80000003, %eax          /* PG | MP | PE */
     mov %eax, %cr0
     ljmp $0x08, $long_mode

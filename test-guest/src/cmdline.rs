@@ -2,7 +2,7 @@
 //!
 //! | key          | value                         | default (Corral's layout) |
 //! |--------------|-------------------------------|---------------------------|
-//! | `workload`   | `spin`, `boot`, `hang`        | `spin`                    |
+//! | `workload`   | `spin`, `boot`, `hang`, `flood` | `spin`                  |
 //! | `iterations` | loop count per vCPU for spin  | 10000000                  |
 //! | `uart`       | MMIO 16550 address, or `none` | 0xd0001000                |
 //! | `poweroff`   | ACPI sleep-control address    | 0xd0002000                |
@@ -21,6 +21,8 @@ pub enum Workload {
     Boot,
     /// Spin on every vCPU forever (until the host stops the VM).
     Hang,
+    /// Print numbered lines on the console forever.
+    Flood,
 }
 
 /// The parsed command line.
@@ -74,6 +76,7 @@ impl Config {
                     "spin" => Some(Workload::Spin),
                     "boot" => Some(Workload::Boot),
                     "hang" => Some(Workload::Hang),
+                    "flood" => Some(Workload::Flood),
                     _ => None,
                 }
                 .map(|w| c.workload = w),

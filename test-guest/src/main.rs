@@ -71,6 +71,11 @@ fn boot_cpu(start_info: u64) -> ! {
 
     let mut out = Console::new(config.uart);
     let _ = writeln!(out, "ring3: command line \"{cmdline}\"");
+    if config.workload == Workload::Flood {
+        for line in 0u64.. {
+            let _ = writeln!(out, "flood {line}: the quick brown fox jumps over the lazy dog");
+        }
+    }
     if let Some(word) = bad_word {
         let _ = writeln!(out, "ring3: ignoring unparsable \"{word}\"");
     }

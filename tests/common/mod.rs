@@ -99,3 +99,49 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Whether /dev/kvm is the PVM flavour (guest ring 0 emulated).
+pub fn is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Runs one of the repository's build scripts (cached builds) and returns
+/// the path it prints on its last stdout line. Panics with its stderr when
+/// it fails: a test that needs the artefact cannot pass without it.
+pub fn run_build_script(script: &str, args: &[&str]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join(script))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(out.status.success(), "{script} {args:?} failed");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints its output path")
+            .trim(),
+    )
+}
+
+/// The guest kernel's output directory (vmlinux, bzImage, config).
+pub fn guest_kernel(variant: &str) -> PathBuf {
+    run_build_script("guest-kernel/build.sh", &["--variant", variant])
+}
+
+/// The guest initramfs.
+pub fn initramfs() -> PathBuf {
+    run_build_script("rootfs/build.sh", &[])
+}
+
+/// CPU time (user + system, in clock ticks) a thread of this process used.
+pub fn cpu_ticks(tid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the parenthesised name; utime and stime are 14th and 15th.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}

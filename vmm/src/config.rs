@@ -84,7 +84,7 @@ impl VmConfig {
             Some(host) if mib > host => Err(VmConfigError::MemoryTooLarge { mib, host }),
             // Without a host figure, still refuse sizes no address space holds.
             None if mib.checked_shl(20).is_none_or(|b| b >> 20 != mib) => {
-                Err(VmConfigError::MemoryTooLarge { mib, host: 0 })
+                Err(VmConfigError::MemoryUnrepresentable { mib })
             }
             _ => Ok(()),
         }
@@ -123,7 +123,7 @@ pub enum VmConfigError {
     MemoryTooLarge {
         /// What was asked for.
         mib: u64,
-        /// The host's RAM in MiB (0 if unknown).
+        /// The host's RAM in MiB.
         host: u64,
     },
     /// A kernel or initrd file that cannot be used.
@@ -146,10 +146,18 @@ pub enum VmConfigError {
         max: usize,
     },
     /// A command line with bytes a kernel cannot take.
-    #[error("command line has a non-printable or non-ASCII character at byte {at}")]
+    #[error("command line has byte {byte:#04x} at offset {at}; only printable ASCII and spaces are allowed")]
     CmdlineInvalid {
         /// Offset of the first bad byte.
         at: usize,
+        /// The byte.
+        byte: u8,
+    },
+    /// A memory size that no address space can hold.
+    #[error("memory {mib} MiB is larger than any guest address space")]
+    MemoryUnrepresentable {
+        /// What was asked for.
+        mib: u64,
     },
 }
 
@@ -184,11 +192,12 @@ pub fn validate_cmdline(cmdline: &str) -> Result<(), VmConfigError> {
             max,
         });
     }
-    if let Some(at) = cmdline
+    if let Some((at, byte)) = cmdline
         .bytes()
-        .position(|b| !(b == b' ' || b.is_ascii_graphic()))
+        .enumerate()
+        .find(|(_, b)| !(*b == b' ' || b.is_ascii_graphic()))
     {
-        return Err(VmConfigError::CmdlineInvalid { at });
+        return Err(VmConfigError::CmdlineInvalid { at, byte });
     }
     Ok(())
 }
@@ -274,7 +283,10 @@ mod tests {
         );
         assert!(matches!(
             validate_cmdline("console=ttyS0\nquiet"),
-            Err(VmConfigError::CmdlineInvalid { at: 13 })
+            Err(VmConfigError::CmdlineInvalid {
+                at: 13,
+                byte: b'\n'
+            })
         ));
         assert!(validate_cmdline("a\0b").is_err());
     }

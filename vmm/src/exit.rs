@@ -9,7 +9,7 @@ use std::fmt;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use corral_devices::bus::lock;
 use corral_devices::power::{PowerEvent, PowerEventSink};
@@ -112,18 +112,34 @@ impl ExitState {
 
     /// Blocks until a reason is recorded or `timeout` passes.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> Option<VmExit> {
-        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-        if self.reason().is_none() {
-            let mut pfd = libc::pollfd {
-                fd: self.event.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(reason) = self.reason() {
+                return Some(reason);
+            }
+            let ms = match deadline {
+                None => -1,
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    // Round up so a sub-millisecond remainder still waits.
+                    i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+                }
             };
-            // SAFETY: one valid pollfd, and poll writes only its revents.
-            // EINTR or a timeout just means we look at the reason again.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
+            self.poll_event(ms);
         }
-        self.reason()
+    }
+
+    /// Waits up to `ms` milliseconds (-1: forever) for the exit event.
+    fn poll_event(&self, ms: i32) {
+        let mut pfd = libc::pollfd {
+            fd: self.event.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, of which poll writes only revents. The
+        // result does not matter: the caller looks at the reason again, so
+        // EINTR and timeouts are handled by its loop.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 }
 

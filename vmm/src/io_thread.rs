@@ -7,14 +7,13 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use tracing::error;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::threads::{spawn_named, Spawned, Tid};
+use crate::threads::{NamedThread, Tid};
 
 /// A subscriber the I/O thread can run.
 pub(crate) type Subscriber = Box<dyn MutEventSubscriber + Send>;
@@ -40,20 +39,13 @@ impl MutEventSubscriber for Stopper {
     }
 }
 
-/// The I/O thread, spawned but not yet known by TID.
-pub(crate) struct PendingIoThread {
-    spawned: Spawned<()>,
-    stop: EventFd,
-}
-
-/// The running I/O thread.
+/// The running I/O thread. Dropping it stops and joins it.
 pub(crate) struct IoThread {
-    handle: Option<JoinHandle<()>>,
-    tid: Tid,
+    thread: NamedThread,
     stop: EventFd,
 }
 
-impl PendingIoThread {
+impl IoThread {
     /// Starts the loop with `subscribers` on a thread named `vmm-io`.
     pub(crate) fn spawn(subscribers: Vec<Subscriber>) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
@@ -67,7 +59,7 @@ impl PendingIoThread {
         for subscriber in subscribers {
             manager.add_subscriber(subscriber);
         }
-        let spawned = spawn_named("vmm-io".into(), move || {
+        let thread = NamedThread::spawn("vmm-io".into(), move || {
             while !stopped.load(Ordering::SeqCst) {
                 if let Err(e) = manager.run() {
                     error!("vmm-io: event loop failed, device I/O stops: {e}");
@@ -75,34 +67,25 @@ impl PendingIoThread {
                 }
             }
         })?;
-        Ok(Self { spawned, stop })
+        Ok(Self { thread, stop })
     }
 
-    /// Waits for the thread's TID.
-    pub(crate) fn collect(self) -> io::Result<IoThread> {
-        let (handle, tid) = self.spawned.collect()?;
-        Ok(IoThread {
-            handle: Some(handle),
-            tid,
-            stop: self.stop,
-        })
+    /// The thread's TID, waiting for its report the first time.
+    pub(crate) fn tid(&mut self) -> io::Result<Tid> {
+        self.thread.tid()
     }
-}
 
-impl IoThread {
-    /// The thread's TID.
-    pub(crate) fn tid(&self) -> Tid {
-        self.tid
+    /// The TID, once collected by [`IoThread::tid`].
+    pub(crate) fn known_tid(&self) -> Option<Tid> {
+        self.thread.known_tid()
     }
 
     /// Stops the loop and joins the thread.
     pub(crate) fn stop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            // A full counter still wakes the loop, so a failed write is moot.
-            let _ = self.stop.write(1);
-            if handle.join().is_err() {
-                error!("vmm-io panicked");
-            }
+        // A full counter still wakes the loop, so a failed write is moot.
+        let _ = self.stop.write(1);
+        if !self.thread.join() {
+            error!("vmm-io panicked");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The guest-physical memory map of a Corral VM (x86_64).
 //!
 //! ```text
-//! 0x0000_0500  boot GDT (64-bit Linux boot and PVH)
+//! 0x0000_0500  boot GDT (64-bit Linux boot and PVH), 0x530 boot IDT
 //! 0x0000_6000  PVH start info, module list, memory map
 //! 0x0000_7000  Linux zero page (boot_params)
 //! 0x0000_9000  identity page tables for 64-bit Linux boot (PML4, PDPT, PD)
@@ -24,7 +24,7 @@
 /// Boot GDT.
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Boot IDT (empty; the kernel installs its own).
-pub const BOOT_IDT_START: u64 = 0x520;
+pub const BOOT_IDT_START: u64 = 0x530;
 /// PVH `hvm_start_info`.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// PVH module list (the initrd).
@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn boot_structures_do_not_overlap() {
         let mut areas = [
-            (BOOT_GDT_START, BOOT_IDT_START),
+            (BOOT_GDT_START, BOOT_GDT_START + 5 * 8),
             (BOOT_IDT_START, BOOT_IDT_START + 8),
             (PVH_INFO_START, PVH_MODLIST_START),
             (PVH_MODLIST_START, PVH_MEMMAP_START),

@@ -1,7 +1,7 @@
 //! Named threads whose kernel thread IDs are known from the moment they
 //! exist. The cgroup code places threads by TID, so every thread the VMM
-//! spawns goes through [`spawn_named`], which hands back the TID the thread
-//! read with gettid(2) as its very first action.
+//! spawns goes through [`NamedThread::spawn`], whose first action on the new
+//! thread is to report gettid(2).
 
 use std::io;
 use std::sync::mpsc;
@@ -16,55 +16,83 @@ pub fn gettid() -> Tid {
     unsafe { libc::gettid() }
 }
 
-/// A thread that has been spawned and whose TID has not been collected yet.
-pub(crate) struct Spawned<T> {
-    handle: JoinHandle<T>,
-    tid: mpsc::Receiver<Tid>,
+/// A thread the VMM spawned: its handle and, once reported, its TID.
+pub(crate) struct NamedThread {
+    handle: Option<JoinHandle<()>>,
+    tid: Option<Tid>,
+    tid_report: mpsc::Receiver<Tid>,
 }
 
-/// Spawns `f` on a thread named `name` (at most 15 bytes, as Linux keeps).
-pub(crate) fn spawn_named<F, T>(name: String, f: F) -> io::Result<Spawned<T>>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    let (tx, rx) = mpsc::sync_channel(1);
-    let handle = thread::Builder::new().name(name).spawn(move || {
-        // The receiver lives until the TID is collected; if the spawner has
-        // gone away there is nobody to tell.
-        let _ = tx.send(gettid());
-        f()
-    })?;
-    Ok(Spawned { handle, tid: rx })
-}
+impl NamedThread {
+    /// Spawns `f` on a thread named `name` (at most 15 bytes, as Linux keeps).
+    pub(crate) fn spawn<F>(name: String, f: F) -> io::Result<Self>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let handle = thread::Builder::new().name(name).spawn(move || {
+            // If nobody listens any more there is nobody to tell.
+            let _ = tx.send(gettid());
+            f()
+        })?;
+        Ok(Self {
+            handle: Some(handle),
+            tid: None,
+            tid_report: rx,
+        })
+    }
 
-impl<T> Spawned<T> {
-    /// Waits for the thread to report its TID.
-    pub(crate) fn collect(self) -> io::Result<(JoinHandle<T>, Tid)> {
-        match self.tid.recv() {
-            Ok(tid) => Ok((self.handle, tid)),
-            Err(_) => Err(io::Error::other("thread exited before reporting its TID")),
+    /// The thread's TID, waiting for its report the first time.
+    pub(crate) fn tid(&mut self) -> io::Result<Tid> {
+        if let Some(tid) = self.tid {
+            return Ok(tid);
         }
+        let tid = self
+            .tid_report
+            .recv()
+            .map_err(|_| io::Error::other("thread exited before reporting its TID"))?;
+        self.tid = Some(tid);
+        Ok(tid)
+    }
+
+    /// The TID if it has been collected.
+    pub(crate) fn known_tid(&self) -> Option<Tid> {
+        self.tid
+    }
+
+    /// The join handle, while the thread has not been joined.
+    pub(crate) fn handle(&self) -> Option<&JoinHandle<()>> {
+        self.handle.as_ref()
+    }
+
+    /// Joins the thread (once); false if it panicked.
+    pub(crate) fn join(&mut self) -> bool {
+        self.handle.take().is_none_or(|h| h.join().is_ok())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn reports_tid_and_name() {
-        let spawned = spawn_named("corral-test".into(), || {
-            (
-                gettid(),
-                std::fs::read_to_string("/proc/thread-self/comm").unwrap(),
-            )
+        let seen = Arc::new(Mutex::new(None));
+        let inside = seen.clone();
+        let mut t = NamedThread::spawn("corral-test".into(), move || {
+            let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+            *inside.lock().unwrap() = Some((gettid(), comm.trim().to_string()));
         })
         .unwrap();
-        let (handle, tid) = spawned.collect().unwrap();
-        let (inside, comm) = handle.join().unwrap();
-        assert_eq!(tid, inside);
+        let tid = t.tid().unwrap();
+        assert_eq!(t.tid().unwrap(), tid);
+        assert!(t.join());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some((tid, "corral-test".to_string()))
+        );
         assert_ne!(tid, gettid());
-        assert_eq!(comm.trim(), "corral-test");
+        assert!(t.join(), "joining twice is harmless");
     }
 }

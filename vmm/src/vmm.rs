@@ -10,7 +10,6 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use corral_devices::boot_timer::BootTime;
@@ -19,12 +18,12 @@ use tracing::{error, info};
 use vmm_sys_util::signal::Killable;
 
 use crate::config::{VmConfig, VmConfigError};
-use crate::console::{ConsoleInput, ConsoleInputHandler, ConsoleOutput};
+use crate::console::{open_output, ConsoleInput, ConsoleInputHandler, ConsoleOutput};
 use crate::exit::{ExitState, ShutdownHandle, VmExit};
-use crate::io_thread::{IoThread, PendingIoThread, Subscriber};
+use crate::io_thread::{IoThread, Subscriber};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, BootProtocol, KernelLoadError};
 use crate::platform::{Platform, PlatformError};
-use crate::threads::{spawn_named, Tid};
+use crate::threads::{NamedThread, Tid};
 use crate::vcpu::run::{vcpu_thread, VcpuContext};
 use crate::vcpu::{create_vcpus, kick, StartGate, VcpuError};
 use crate::vm::{Vm, VmError};
@@ -72,29 +71,23 @@ pub enum VmmError {
     Thread(&'static str, #[source] io::Error),
 }
 
-struct VcpuThread {
-    tid: Tid,
-    handle: Option<JoinHandle<()>>,
-}
-
 /// The vCPU threads; stopping (or dropping) them releases or kicks each one
 /// out of the guest and joins it.
 struct VcpuThreads {
     gate: Arc<StartGate>,
-    threads: Vec<VcpuThread>,
+    threads: Vec<NamedThread>,
 }
 
 impl VcpuThreads {
     fn stop(&mut self) {
         self.gate.abandon();
-        for thread in &mut self.threads {
-            let Some(handle) = thread.handle.take() else {
-                continue;
-            };
-            // ESRCH (already finished) is fine; anything else we cannot fix.
-            let _ = handle.kill(kick::kick_signal());
-            if handle.join().is_err() {
-                error!("vCPU thread {} panicked", thread.tid);
+        for (index, thread) in self.threads.iter_mut().enumerate() {
+            if let Some(handle) = thread.handle() {
+                // ESRCH (already finished) is fine; anything else we cannot fix.
+                let _ = handle.kill(kick::kick_signal());
+            }
+            if !thread.join() {
+                error!("vcpu{index} thread panicked");
             }
         }
     }
@@ -146,17 +139,18 @@ impl Vmm {
 
         let exit = Arc::new(ExitState::new().map_err(|e| VmmError::Thread("exit event", e))?);
         let boot_time = BootTime::default();
-        let console_out = config.console.output.open().map_err(|source| {
-            let path = match &config.console.output {
-                ConsoleOutput::File(path) => path.clone(),
-                _ => PathBuf::from("(stdout)"),
-            };
-            VmmError::ConsoleOutput { path, source }
-        })?;
+        let (console_out, console_flusher) =
+            open_output(&config.console.output).map_err(|source| {
+                let path = match &config.console.output {
+                    ConsoleOutput::File(path) => path.clone(),
+                    _ => PathBuf::from("(stdout)"),
+                };
+                VmmError::ConsoleOutput { path, source }
+            })?;
         let platform = Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
         let vcpus = create_vcpus(&vm, config.vcpus, &kernel.protocol)?;
 
-        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut subscribers: Vec<Subscriber> = console_flusher.into_iter().collect();
         if config.console.input == ConsoleInput::Stdin {
             let wants_input = platform
                 .serial_wants_input
@@ -167,15 +161,16 @@ impl Vmm {
                     .map_err(VmmError::ConsoleInput)?,
             ));
         }
-        let io = PendingIoThread::spawn(subscribers).map_err(|e| VmmError::Thread("vmm-io", e))?;
+        let mut io = IoThread::spawn(subscribers).map_err(|e| VmmError::Thread("vmm-io", e))?;
 
         let gate = Arc::new(StartGate::new());
         let (pio, mmio) = (Arc::new(platform.pio), Arc::new(platform.mmio));
+        // Each thread is owned by `threads` from the moment it exists: on any
+        // error below, dropping it (and `io`) releases and joins them all.
         let mut threads = VcpuThreads {
             gate: gate.clone(),
             threads: Vec::with_capacity(vcpus.len()),
         };
-        let mut pending = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let ctx = VcpuContext {
                 pio: pio.clone(),
@@ -183,21 +178,15 @@ impl Vmm {
                 exit: exit.clone(),
                 gate: gate.clone(),
             };
-            let spawned = spawn_named(format!("vcpu{}", vcpu.index), move || {
-                vcpu_thread(vcpu, ctx)
-            });
-            // On error, dropping `threads` and `pending` lets the threads
-            // already spawned leave through the gate.
-            pending.push(spawned.map_err(|e| VmmError::Thread("vCPU", e))?);
+            let name = format!("vcpu{}", vcpu.index);
+            let thread = NamedThread::spawn(name, move || vcpu_thread(vcpu, ctx))
+                .map_err(|e| VmmError::Thread("vCPU", e))?;
+            threads.threads.push(thread);
         }
-        for spawned in pending {
-            let (handle, tid) = spawned.collect().map_err(|e| VmmError::Thread("vCPU", e))?;
-            threads.threads.push(VcpuThread {
-                tid,
-                handle: Some(handle),
-            });
+        for thread in &mut threads.threads {
+            thread.tid().map_err(|e| VmmError::Thread("vCPU", e))?;
         }
-        let io = io.collect().map_err(|e| VmmError::Thread("vmm-io", e))?;
+        io.tid().map_err(|e| VmmError::Thread("vmm-io", e))?;
         info!(
             "VM created in {} µs: {} vCPU(s), {} MiB, {:?} boot",
             created.elapsed().as_micros(),
@@ -229,12 +218,17 @@ impl Vmm {
 
     /// TIDs of the vCPU threads, by vCPU index.
     pub fn vcpu_tids(&self) -> Vec<Tid> {
-        self.vcpus.threads.iter().map(|t| t.tid).collect()
+        // Every TID was collected by `create`.
+        self.vcpus
+            .threads
+            .iter()
+            .filter_map(NamedThread::known_tid)
+            .collect()
     }
 
     /// TIDs of every other thread of the VMM (device I/O and event loops).
     pub fn other_tids(&self) -> Vec<Tid> {
-        vec![self.io.tid()]
+        self.io.known_tid().into_iter().collect()
     }
 
     /// How long after VM creation the guest signalled the boot timer.

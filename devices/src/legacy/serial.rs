@@ -56,6 +56,9 @@ type Uart = Serial<EventFdTrigger, SerialInputNotifier, Box<dyn Write + Send>>;
 /// The console UART.
 pub struct SerialConsole {
     uart: Uart,
+    /// A failed write was logged: the next ones are not (a guest printing
+    /// into a closed pipe must not flood the VMM's log).
+    write_error_logged: bool,
 }
 
 impl SerialConsole {
@@ -67,6 +70,7 @@ impl SerialConsole {
     ) -> Self {
         Self {
             uart: Serial::with_events(interrupt, notifier, out),
+            write_error_logged: false,
         }
     }
 
@@ -104,8 +108,12 @@ impl BusDevice for SerialConsole {
             return;
         };
         if let Err(e) = self.uart.write(offset, value) {
-            // A lost console byte or a failed interrupt must not stop the guest.
-            warn!("console: register write at offset {offset} failed: {e:?}");
+            // A lost console byte or a failed interrupt must not stop the
+            // guest; say so once.
+            if !self.write_error_logged {
+                self.write_error_logged = true;
+                warn!("console: register write at offset {offset} failed ({e:?}); later failures are not logged");
+            }
         }
     }
 }

@@ -37,14 +37,30 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
 }
 
 /// Installs the kick handler for the process (once).
-pub(crate) fn install_handler() -> Result<(), String> {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            register_signal_handler(kick_signal(), handle_kick)
-                .map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"))
-        })
-        .clone()
+pub(crate) fn install_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
+    *INSTALLED.get_or_init(|| register_signal_handler(kick_signal(), handle_kick))
+}
+
+/// Unblocks the kick signal on the calling thread: a vCPU thread inherits
+/// the mask of whoever created the VM, which may block every signal (the
+/// usual "one thread sigwaits for everything" design), and a blocked kick
+/// would never get the vCPU out of `KVM_RUN`.
+pub(crate) fn unblock_kick_signal() -> std::io::Result<()> {
+    // SAFETY: the set is initialised by sigemptyset before use and passed
+    // only to the libc calls that manage signal sets; pthread_sigmask only
+    // changes this thread's mask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
 }
 
 /// While alive, kicks of this thread reach `vcpu`'s `immediate_exit`.

@@ -25,7 +25,10 @@ pub enum VcpuError {
     /// KVM would not create it.
     #[error("KVM could not create vCPU {0}")]
     Create(u32, #[source] kvm_ioctls::Error),
-    /// KVM would not report or take the CPUID.
+    /// KVM would not report the CPUID it supports.
+    #[error("KVM could not report its supported CPUID")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
+    /// KVM would not take a vCPU's CPUID.
     #[error("cannot set up CPUID for vCPU {0}")]
     Cpuid(u32, #[source] kvm_ioctls::Error),
     /// MSRs could not be set.
@@ -34,9 +37,9 @@ pub enum VcpuError {
     /// Registers could not be set.
     #[error("cannot set up registers of vCPU {0}")]
     Regs(u32, #[source] RegsError),
-    /// The kick signal could not be installed.
-    #[error("{0}")]
-    Signal(String),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
 }
 
 /// A configured vCPU, ready to be moved onto its thread.
@@ -57,7 +60,7 @@ pub(crate) fn create_vcpus(
     let supported = vm
         .kvm()
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| VcpuError::Cpuid(0, e))?;
+        .map_err(VcpuError::SupportedCpuid)?;
     let mut msrs = msr::boot_msrs();
     msrs.extend(msr::feature_msrs(vm.kvm()));
     (0..count)
@@ -89,8 +92,7 @@ impl Vcpu {
         boot: Option<&BootProtocol>,
     ) -> Result<(), VcpuError> {
         let index = self.index;
-        let mut cpuid = supported.clone();
-        cpuid::configure(&mut cpuid, index, count);
+        let cpuid = cpuid::configure(supported, index, count);
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::Cpuid(index, e))?;

@@ -9,9 +9,11 @@
 use std::sync::Arc;
 
 use corral_devices::bus::Bus;
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::VcpuExit;
-use tracing::{debug, error, trace};
+use tracing::{debug, info, trace};
 
 use super::{kick, StartGate, Vcpu};
 use crate::exit::{ExitState, VmExit};
@@ -35,8 +37,37 @@ enum Next {
     Crash(String),
 }
 
+/// Records a vCPU failure if the thread unwinds (a bug in a device
+/// handler, say), so the VM ends instead of waiting on a dead vCPU.
+struct PanicGuard<'a> {
+    index: u32,
+    exit: &'a ExitState,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.exit.record(VmExit::VcpuFailed {
+                vcpu: self.index,
+                error: "the vCPU thread panicked".into(),
+            });
+        }
+    }
+}
+
 /// Body of a vCPU thread.
 pub(crate) fn vcpu_thread(mut vcpu: Vcpu, ctx: VcpuContext) {
+    let _guard = PanicGuard {
+        index: vcpu.index,
+        exit: &ctx.exit,
+    };
+    if let Err(e) = kick::unblock_kick_signal() {
+        ctx.exit.record(VmExit::VcpuFailed {
+            vcpu: vcpu.index,
+            error: format!("cannot unblock the kick signal: {e}"),
+        });
+        return;
+    }
     let _kick = kick::arm(&mut vcpu.fd);
     if !ctx.gate.pass() {
         return;
@@ -50,12 +81,13 @@ pub(crate) fn vcpu_thread(mut vcpu: Vcpu, ctx: VcpuContext) {
 /// Runs until the VM is exiting; returns the reason if this vCPU found it.
 fn run_until_exit(vcpu: &mut Vcpu, ctx: &VcpuContext) -> Option<VmExit> {
     let index = vcpu.index;
+    let run_page: *const kvm_run = vcpu.fd.get_kvm_run();
     loop {
         if ctx.exit.is_exiting() {
             return None;
         }
         let next = match vcpu.fd.run() {
-            Ok(exit) => handle_exit(index, exit, ctx),
+            Ok(exit) => handle_exit(index, exit, run_page, ctx),
             Err(e) if e.errno() == libc::EINTR => Next::Interrupted,
             Err(e) if e.errno() == libc::EAGAIN => Next::Continue,
             Err(e) => Next::End(VmExit::VcpuFailed {
@@ -69,7 +101,7 @@ fn run_until_exit(vcpu: &mut Vcpu, ctx: &VcpuContext) -> Option<VmExit> {
             Next::End(exit) => return Some(exit),
             Next::Crash(reason) => {
                 let registers = register_summary(vcpu);
-                error!(
+                info!(
                     "vcpu{index}: guest crashed: {reason}; registers: {}",
                     registers.as_deref().unwrap_or("unreadable")
                 );
@@ -83,17 +115,28 @@ fn run_until_exit(vcpu: &mut Vcpu, ctx: &VcpuContext) -> Option<VmExit> {
     }
 }
 
-fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
+fn handle_exit(
+    index: u32,
+    exit: VcpuExit<'_>,
+    run_page: *const kvm_run,
+    ctx: &VcpuContext,
+) -> Next {
     match exit {
+        // String I/O (`rep insb`, `rep outsw`…) arrives as count × size
+        // bytes: each element is one access to the port.
         VcpuExit::IoIn(port, data) => {
-            if !ctx.pio.read(u64::from(port), data) {
-                trace!("vcpu{index}: read of unclaimed port {port:#x}");
-                data.fill(0xff);
+            for element in data.chunks_mut(io_element_size(run_page)) {
+                if !ctx.pio.read(u64::from(port), element) {
+                    trace!("vcpu{index}: read of unclaimed port {port:#x}");
+                    element.fill(0xff);
+                }
             }
         }
         VcpuExit::IoOut(port, data) => {
-            if !ctx.pio.write(u64::from(port), data) {
-                trace!("vcpu{index}: write to unclaimed port {port:#x}");
+            for element in data.chunks(io_element_size(run_page)) {
+                if !ctx.pio.write(u64::from(port), element) {
+                    trace!("vcpu{index}: write to unclaimed port {port:#x}");
+                }
             }
         }
         VcpuExit::MmioRead(addr, data) => {
@@ -129,6 +172,16 @@ fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
         other => return Next::Crash(format!("unexpected exit {other:?}")),
     }
     Next::Continue
+}
+
+/// Size of each element of the current port-I/O exit (1, 2 or 4 bytes).
+fn io_element_size(run_page: *const kvm_run) -> usize {
+    // SAFETY: `run_page` is this vCPU's kvm_run mapping, which lives as long
+    // as its VcpuFd, owned by the caller's caller for the whole loop. After
+    // KVM_EXIT_IO the kernel has filled the union's `io` member; we read one
+    // plain integer from it, outside the data area the exit's slice covers.
+    let size = unsafe { std::ptr::addr_of!((*run_page).__bindgen_anon_1.io.size).read() };
+    usize::from(size).clamp(1, 8)
 }
 
 /// The registers that say where and in what mode a vCPU was.

@@ -88,16 +88,24 @@ fn segment(index: u16, entry: u64) -> kvm_segment {
     }
 }
 
-/// The boot GDT for a protocol: null, code, data, TSS.
-fn boot_gdt(protocol: &BootProtocol) -> [u64; 4] {
+/// GDT slots: Linux's boot protocol names `__BOOT_CS` = 0x10 and
+/// `__BOOT_DS` = 0x18, so code and data sit in slots 2 and 3.
+const CODE_SLOT: u16 = 2;
+const DATA_SLOT: u16 = 3;
+const TSS_SLOT: u16 = 4;
+
+/// The boot GDT for a protocol: null, null, code, data, TSS.
+fn boot_gdt(protocol: &BootProtocol) -> [u64; 5] {
     match protocol {
         BootProtocol::Pvh { .. } => [
+            0,
             0,
             gdt_entry(0xc09b, 0, 0xfffff), // 32-bit code
             gdt_entry(0xc093, 0, 0xfffff), // data
             gdt_entry(0x008b, 0, 0x67),    // 32-bit busy TSS
         ],
         BootProtocol::Linux64 { .. } => [
+            0,
             0,
             gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
             gdt_entry(0xc093, 0, 0xfffff), // data
@@ -125,15 +133,15 @@ pub fn setup_boot_memory(
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
 
-    let code = segment(1, gdt[1]);
-    let data = segment(2, gdt[2]);
+    let code = segment(CODE_SLOT, gdt[usize::from(CODE_SLOT)]);
+    let data = segment(DATA_SLOT, gdt[usize::from(DATA_SLOT)]);
     sregs.cs = code;
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = segment(3, gdt[3]);
+    sregs.tr = segment(TSS_SLOT, gdt[usize::from(TSS_SLOT)]);
 
     match protocol {
         BootProtocol::Pvh { .. } => {
@@ -233,11 +241,12 @@ mod tests {
 
     #[test]
     fn gdt_entries_decode_to_segments() {
-        let code64 = segment(1, gdt_entry(0xa09b, 0, 0xfffff));
+        let code64 = segment(CODE_SLOT, gdt_entry(0xa09b, 0, 0xfffff));
         assert_eq!((code64.l, code64.db, code64.g, code64.dpl), (1, 0, 1, 0));
         assert_eq!((code64.type_, code64.present, code64.s), (0xb, 1, 1));
         assert_eq!(code64.limit, 0xffff_ffff);
-        assert_eq!(code64.selector, 8);
+        assert_eq!(code64.selector, 0x10, "Linux's __BOOT_CS");
+        assert_eq!(segment(DATA_SLOT, 0).selector, 0x18, "Linux's __BOOT_DS");
         let tss = segment(3, gdt_entry(0x008b, 0, 0x67));
         assert_eq!((tss.limit, tss.g, tss.s, tss.type_), (0x67, 0, 0, 0xb));
         let based = segment(2, gdt_entry(0xc093, 0x1234_5678, 0xfffff));
