@@ -15,11 +15,15 @@ use crate::layout::CMDLINE_MAX_SIZE;
 
 /// Smallest guest memory: the boot structures, a kernel at 1 MiB and room to run.
 pub const MIN_MEMORY_MIB: u64 = 8;
-/// Command line used when the caller gives none: console on COM1, a reset
-/// (which ends the VM) on reboot and one second after a panic, and no probing
-/// of hardware a micro-VM does not have.
+/// Command line used when the caller gives none, suited to a micro-VM:
+/// console on COM1; a reboot request (which ends the VM) through the i8042,
+/// and one second after a panic; no probing of hardware a micro-VM lacks
+/// (PCI, a second UART, PS/2 extras); and `corral.poweroff=`, the MMIO
+/// address of the ACPI sleep-control register, for guests without ACPI
+/// (Corral's initramfs powers off through it).
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd corral.poweroff=0xd0002000";
 
 /// A VM to build.
 #[derive(Debug)]
@@ -229,6 +233,14 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         config().validate().unwrap();
+        let poweroff = format!(
+            "corral.poweroff={:#x}",
+            crate::layout::POWER_REGISTERS_START
+        );
+        assert!(
+            DEFAULT_CMDLINE.split(' ').any(|w| w == poweroff),
+            "{DEFAULT_CMDLINE}"
+        );
     }
 
     #[test]
