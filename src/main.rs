@@ -5,6 +5,7 @@
 //! vCPU fails; 130 when stopped by SIGINT/SIGTERM/SIGHUP; 1 when the VM
 //! cannot be built; 2 for bad usage. Every failure prints one line on stderr.
 
+mod device_args;
 mod signals;
 
 use std::os::fd::AsRawFd;
@@ -55,6 +56,16 @@ struct RunArgs {
     /// Write the guest console to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     console_file: Option<PathBuf>,
+    /// Attach a virtio-blk disk backed by a raw file (repeatable).
+    #[arg(long = "disk", value_name = "PATH[,ro][,serial=S]", value_parser = device_args::parse_disk)]
+    disks: Vec<corral_vmm::DiskConfig>,
+    /// Attach a virtio-net interface on a host tap (repeatable).
+    #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = device_args::parse_net)]
+    nets: Vec<corral_vmm::NetConfig>,
+    /// Attach virtio-vsock: guest CID and host Unix socket (Firecracker's
+    /// hybrid vsock protocol; guest connections to host port P go to UDS_P).
+    #[arg(long, value_name = "CID,UDS_PATH", value_parser = device_args::parse_vsock)]
+    vsock: Option<corral_vmm::VsockConfig>,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +122,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         initrd: args.initrd,
         cmdline: args.cmdline,
         console,
+        disks: args.disks,
+        nets: args.nets,
+        vsock: args.vsock,
     };
     let mut vmm = Vmm::boot(config).context("cannot start the VM")?;
     signals::spawn_shutdown_thread(termination, vmm.shutdown_handle())?;

@@ -80,6 +80,7 @@ fn linux_boots_under_corral() {
             output: ConsoleOutput::Buffer(console.clone()),
             input: ConsoleInput::None,
         },
+        ..VmConfig::new(&kernel)
     };
     eprintln!(
         "booting {} ({} vCPUs, {MEMORY_MIB} MiB)",

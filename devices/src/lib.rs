@@ -11,9 +11,11 @@
 //!   `vm-superio`.
 //! - [`boot_timer`]: records when the guest says it has booted.
 //! - [`power`]: ACPI hardware-reduced sleep/reset registers in MMIO space.
+//! - [`virtio`]: virtio-mmio transport; virtio-blk, virtio-net, virtio-vsock.
 
 pub mod boot_timer;
 pub mod bus;
 pub mod legacy;
 pub mod power;
 pub mod trigger;
+pub mod virtio;

@@ -11,6 +11,7 @@
 //!   4. drop to ring 3 with IRETQ (portable: SYSEXIT is not valid in long
 //!      mode on AMD) on this CPU's stack, calling `guest_main(start_info, 0)`
 //!      with interrupts off.
+//!
 //! Application processors start in real mode at the trampoline, which the
 //! boot CPU copies below 1 MiB before it sends INIT/SIPI; they go through
 //! protected mode to the same long-mode path and enter

@@ -18,22 +18,26 @@
 #![no_std]
 #![no_main]
 
+#[macro_use]
+mod console;
+mod blk;
 mod boot;
 mod cmdline;
-mod console;
+mod dma;
 mod mem;
 mod mmio;
 mod mptable;
+mod net;
 mod power;
 mod results;
 mod smp;
 mod start_info;
+mod virtio;
+mod vsock;
 
-use core::fmt::Write;
 use core::sync::atomic::Ordering;
 
 use cmdline::{Config, Workload};
-use console::Console;
 use mptable::Cpus;
 use results::{results, Results, MAGIC, RESULTS_ADDR, RESULTS_LEN};
 use start_info::StartInfo;
@@ -69,26 +73,59 @@ fn boot_cpu(start_info: u64) -> ! {
         power::power_off(config.poweroff);
     }
 
-    let mut out = Console::new(config.uart);
-    let _ = writeln!(out, "ring3: command line \"{cmdline}\"");
+    let mut windows = [0u64; 16];
+    let nwindows = virtio::windows(cmdline, &mut windows);
+    let windows = &windows[..nwindows];
+    match config.uart {
+        Some(base) => console::use_uart(base),
+        None => {
+            for &w in windows {
+                if console::use_virtio_console(w) {
+                    break;
+                }
+            }
+        }
+    }
+    say!("ring3: command line \"{cmdline}\"");
     if config.workload == Workload::Flood {
         for line in 0u64.. {
-            let _ = writeln!(out, "flood {line}: the quick brown fox jumps over the lazy dog");
+            say!("flood {line}: the quick brown fox jumps over the lazy dog");
         }
     }
     if let Some(word) = bad_word {
-        let _ = writeln!(out, "ring3: ignoring unparsable \"{word}\"");
+        say!("ring3: ignoring unparsable \"{word}\"");
     }
     let Some(info) = info else {
-        fail(&mut out, &config, "no PVH start info (bad magic)")
+        fail(&config, "no PVH start info (bad magic)")
     };
+    if config.workload.uses_devices() {
+        if !info.is_ram(dma::DMA_BASE, dma::DMA_SIZE) {
+            fail(&config, "no RAM for device buffers at 16-48 MiB")
+        }
+        let ok = match config.workload {
+            Workload::Blk => blk::test(windows, &config),
+            Workload::BlkBench => blk::bench(windows, &config),
+            Workload::Net => net::test(windows, &config),
+            Workload::NetBench => net::bench(windows, &config),
+            Workload::Vsock => vsock::test(windows, &config),
+            Workload::VsockBench => vsock::bench(windows, &config),
+            _ => false,
+        };
+        if ok {
+            say!("result: ok");
+        } else {
+            say!("result: FAILED");
+        }
+        say!("poweroff");
+        power::power_off(config.poweroff)
+    }
     if !info.is_ram(RESULTS_ADDR, RESULTS_LEN) {
-        fail(&mut out, &config, "no RAM for the results block at 3 MiB")
+        fail(&config, "no RAM for the results block at 3 MiB")
     }
     let cpus = match mptable::cpus() {
         Some(cpus) => cpus,
         None => {
-            let _ = writeln!(out, "mptable: none found; expecting cpus={}", config.cpus);
+            say!("mptable: none found; expecting cpus={}", config.cpus);
             let mut cpus = Cpus {
                 apic_ids: [0; 64],
                 count: config.cpus.min(64) as usize,
@@ -99,11 +136,15 @@ fn boot_cpu(start_info: u64) -> ! {
             cpus
         }
     };
-    let _ = write!(out, "mptable: {} vCPUs, APIC IDs", cpus.count);
-    for id in &cpus.apic_ids[..cpus.count] {
-        let _ = write!(out, " {id}");
+    {
+        use core::fmt::Write as _;
+        let mut out = console::Console;
+        let _ = write!(out, "mptable: {} vCPUs, APIC IDs", cpus.count);
+        for id in &cpus.apic_ids[..cpus.count] {
+            let _ = write!(out, " {id}");
+        }
+        let _ = writeln!(out);
     }
-    let _ = writeln!(out);
 
     let r = results();
     r.expected.store(cpus.count as u32, Ordering::SeqCst);
@@ -114,34 +155,25 @@ fn boot_cpu(start_info: u64) -> ! {
 
     let running = match smp::start_aps(&info, &cpus, r) {
         Ok(n) => n,
-        Err(why) => fail(&mut out, &config, why),
+        Err(why) => fail(&config, why),
     };
-    let _ = writeln!(
-        out,
-        "smp: {running} of {} vCPUs running guest code",
-        cpus.count
-    );
+    say!("smp: {running} of {} vCPUs running guest code", cpus.count);
     r.go.store(1, Ordering::SeqCst);
 
     if config.workload == Workload::Hang {
-        let _ = writeln!(out, "workload: hang, spinning on every vCPU until stopped");
+        say!("workload: hang, spinning on every vCPU until stopped");
         loop {
             core::hint::spin_loop();
         }
     }
 
-    let _ = writeln!(
-        out,
-        "workload: spin, {} iterations per vCPU",
-        config.iterations
-    );
+    say!("workload: spin, {} iterations per vCPU", config.iterations);
     spin(r, 0, config.iterations);
     while r.done.load(Ordering::SeqCst) < running {
         core::hint::spin_loop();
     }
     for (slot, cpu) in r.cpus.iter().enumerate().take(running as usize) {
-        let _ = writeln!(
-            out,
+        say!(
             "cpu {slot} apic {}: ran {} iterations in {} cycles",
             cpu.apic_id.load(Ordering::SeqCst),
             cpu.iterations.load(Ordering::SeqCst),
@@ -150,16 +182,15 @@ fn boot_cpu(start_info: u64) -> ! {
     }
     if running as usize == cpus.count {
         r.status.store(1, Ordering::SeqCst);
-        let _ = writeln!(out, "result: ok, {running} vCPUs ran guest code");
+        say!("result: ok, {running} vCPUs ran guest code");
     } else {
         r.status.store(2, Ordering::SeqCst);
-        let _ = writeln!(
-            out,
+        say!(
             "result: FAILED: only {running} of {} vCPUs started",
             cpus.count
         );
     }
-    let _ = writeln!(out, "poweroff");
+    say!("poweroff");
     power::power_off(config.poweroff)
 }
 
@@ -197,8 +228,8 @@ fn spin(r: &Results, slot: usize, iterations: u64) {
     r.done.fetch_add(1, Ordering::SeqCst);
 }
 
-fn fail(out: &mut Console, config: &Config, why: &str) -> ! {
-    let _ = writeln!(out, "result: FAILED: {why}");
+fn fail(config: &Config, why: &str) -> ! {
+    say!("result: FAILED: {why}");
     results().status.store(2, Ordering::SeqCst);
     power::power_off(config.poweroff)
 }

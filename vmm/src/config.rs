@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::console::ConsoleConfig;
 use crate::layout::CMDLINE_MAX_SIZE;
+pub use corral_devices::virtio::block::DiskConfig;
+pub use corral_devices::virtio::net::NetConfig;
+pub use corral_devices::virtio::vsock::VsockConfig;
 
 /// Smallest guest memory: the boot structures, a kernel at 1 MiB and room to run.
 pub const MIN_MEMORY_MIB: u64 = 8;
@@ -40,6 +43,12 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Where the serial console goes and where its input comes from.
     pub console: ConsoleConfig,
+    /// virtio-blk disks, in slot order.
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces, in slot order (after the disks).
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device (after the nets).
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -52,6 +61,9 @@ impl VmConfig {
             initrd: None,
             cmdline: DEFAULT_CMDLINE.to_string(),
             console: ConsoleConfig::default(),
+            disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 

@@ -1,8 +1,8 @@
-//! The VMM's I/O thread (`vmm-io`): an `event-manager` epoll loop that runs
-//! device back-ends off the vCPU threads. Today it feeds console input; the
-//! virtio devices' queue handlers will run here too. It is one of the
-//! threads `Vmm::other_tids` reports, which stay out of the guest's
-//! constrained cgroup.
+//! The VMM's I/O threads: `event-manager` epoll loops that run device back
+//! ends off the vCPU threads. `vmm-io` serves the console; each virtio
+//! device has its own (`vmm-blk0`, `vmm-net0`, `vmm-vsock0`…), so a busy
+//! disk does not delay the network. They are the threads `Vmm::other_tids`
+//! reports, which stay out of the guest's constrained cgroup.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,8 +46,8 @@ pub(crate) struct IoThread {
 }
 
 impl IoThread {
-    /// Starts the loop with `subscribers` on a thread named `vmm-io`.
-    pub(crate) fn spawn(subscribers: Vec<Subscriber>) -> io::Result<Self> {
+    /// Starts the loop with `subscribers` on a thread named `name`.
+    pub(crate) fn spawn(name: &str, subscribers: Vec<Subscriber>) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let stopped = Arc::new(AtomicBool::new(false));
         let mut manager: EventManager<Subscriber> =
@@ -59,10 +59,10 @@ impl IoThread {
         for subscriber in subscribers {
             manager.add_subscriber(subscriber);
         }
-        let thread = NamedThread::spawn("vmm-io".into(), move || {
+        let thread = NamedThread::spawn(name.into(), move || {
             while !stopped.load(Ordering::SeqCst) {
                 if let Err(e) = manager.run() {
-                    error!("vmm-io: event loop failed, device I/O stops: {e}");
+                    error!("event loop failed, device I/O stops: {e}");
                     break;
                 }
             }

@@ -17,6 +17,8 @@
 //! - [`vcpu`]: vCPU set-up, the run loop and the kick that stops it.
 //! - `platform`: the fixed devices and the buses vCPU exits go through.
 //! - `io_thread`, [`console`]: the device I/O event loop and console ends.
+//! - [`virtio_devices`]: attaching virtio-blk/net/vsock (slots, IRQs,
+//!   irqfds, ioeventfds, worker threads, command-line entries).
 //! - [`exit`]: how a VM ends.
 //! - [`threads`]: named threads with known TIDs.
 
@@ -30,11 +32,12 @@ pub mod memory;
 mod platform;
 pub mod threads;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;
 mod vmm;
 pub mod x86_64;
 
-pub use config::{VmConfig, VmConfigError, DEFAULT_CMDLINE};
+pub use config::{DiskConfig, NetConfig, VmConfig, VmConfigError, VsockConfig, DEFAULT_CMDLINE};
 pub use console::{ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput};
 pub use exit::{ShutdownHandle, VmExit};
 pub use threads::Tid;

@@ -26,6 +26,7 @@ use crate::platform::{Platform, PlatformError};
 use crate::threads::{NamedThread, Tid};
 use crate::vcpu::run::{vcpu_thread, VcpuContext};
 use crate::vcpu::{create_vcpus, kick, StartGate, VcpuError};
+use crate::virtio_devices::{self, DeviceError, Slot};
 use crate::vm::{Vm, VmError};
 use crate::x86_64::boot_params::{write_pvh, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MpTableError, MAX_MPTABLE_VCPUS};
@@ -54,6 +55,9 @@ pub enum VmmError {
     /// vCPUs could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// Virtio devices could not be attached.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
     /// The console output cannot be opened.
     #[error("cannot open console output {path}")]
     ConsoleOutput {
@@ -106,6 +110,7 @@ impl Drop for VcpuThreads {
 pub struct Vmm {
     vcpus: VcpuThreads,
     io: IoThread,
+    device_workers: Vec<IoThread>,
     exit: Arc<ExitState>,
     boot_time: BootTime,
     created: Instant,
@@ -128,7 +133,9 @@ impl Vmm {
             .as_deref()
             .map(|path| load_initrd(vm.memory(), &kernel, path))
             .transpose()?;
-        let cmdline_len = load_cmdline(vm.memory(), &kernel, &config.cmdline)?;
+        let slots = virtio_devices::slots(&config)?;
+        let cmdline = guest_cmdline(&config.cmdline, &slots);
+        let cmdline_len = load_cmdline(vm.memory(), &kernel, &cmdline)?;
         match kernel.protocol {
             BootProtocol::Pvh { .. } => write_pvh(vm.memory(), mem_size, initrd)?,
             BootProtocol::Linux64 { header, .. } => {
@@ -147,7 +154,9 @@ impl Vmm {
                 };
                 VmmError::ConsoleOutput { path, source }
             })?;
-        let platform = Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
+        let mut platform =
+            Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
+        let mut device_workers = virtio_devices::attach(&vm, &mut platform.mmio, &config, &slots)?;
         let vcpus = create_vcpus(&vm, config.vcpus, &kernel.protocol)?;
 
         let mut subscribers: Vec<Subscriber> = console_flusher.into_iter().collect();
@@ -161,7 +170,8 @@ impl Vmm {
                     .map_err(VmmError::ConsoleInput)?,
             ));
         }
-        let mut io = IoThread::spawn(subscribers).map_err(|e| VmmError::Thread("vmm-io", e))?;
+        let mut io =
+            IoThread::spawn("vmm-io", subscribers).map_err(|e| VmmError::Thread("vmm-io", e))?;
 
         let gate = Arc::new(StartGate::new());
         let (pio, mmio) = (Arc::new(platform.pio), Arc::new(platform.mmio));
@@ -187,6 +197,11 @@ impl Vmm {
             thread.tid().map_err(|e| VmmError::Thread("vCPU", e))?;
         }
         io.tid().map_err(|e| VmmError::Thread("vmm-io", e))?;
+        for worker in &mut device_workers {
+            worker
+                .tid()
+                .map_err(|e| VmmError::Thread("device worker", e))?;
+        }
         info!(
             "VM created in {} µs: {} vCPU(s), {} MiB, {:?} boot",
             created.elapsed().as_micros(),
@@ -197,6 +212,7 @@ impl Vmm {
         Ok(Self {
             vcpus: threads,
             io,
+            device_workers,
             exit,
             boot_time,
             created,
@@ -228,7 +244,10 @@ impl Vmm {
 
     /// TIDs of every other thread of the VMM (device I/O and event loops).
     pub fn other_tids(&self) -> Vec<Tid> {
-        self.io.known_tid().into_iter().collect()
+        std::iter::once(&self.io)
+            .chain(&self.device_workers)
+            .filter_map(IoThread::known_tid)
+            .collect()
     }
 
     /// How long after VM creation the guest signalled the boot timer.
@@ -275,7 +294,23 @@ impl Drop for Vmm {
         self.exit.record(VmExit::HostShutdown);
         self.vcpus.stop();
         self.io.stop();
+        for worker in &mut self.device_workers {
+            worker.stop();
+        }
     }
+}
+
+/// The command line the guest gets: the configured one, then an entry per
+/// virtio device.
+fn guest_cmdline(configured: &str, slots: &[Slot]) -> String {
+    let mut cmdline = configured.trim_end().to_string();
+    for slot in slots {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&virtio_devices::cmdline_entry(*slot));
+    }
+    cmdline
 }
 
 fn check_vcpu_limit(requested: u32, kvm_max: usize) -> Result<(), VmConfigError> {
