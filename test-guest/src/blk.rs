@@ -93,11 +93,7 @@ struct Disk {
 }
 
 fn open(base: u64) -> Option<Disk> {
-    let dev = Device::init(base, F_RO | F_FLUSH)?;
-    if dev.id != ID_BLOCK {
-        dev.reset();
-        return None;
-    }
+    let dev = Device::init(base, ID_BLOCK, F_RO | F_FLUSH)?;
     let sectors: u64 = dev.config(0);
     let read_only = dev.offered & u64::from(F_RO) != 0;
     let queue = dev.queue(0, 128)?;

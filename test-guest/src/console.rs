@@ -42,13 +42,9 @@ pub fn use_uart(base: u64) {
 
 /// Uses a virtio console at `base`, if one is there; returns whether.
 pub fn use_virtio_console(base: u64) -> bool {
-    let Some(dev) = virtio::Device::init(base, 0) else {
+    let Some(dev) = virtio::Device::init(base, virtio::ID_CONSOLE, 0) else {
         return false;
     };
-    if dev.id != virtio::ID_CONSOLE {
-        dev.reset();
-        return false;
-    }
     // receiveq0 must exist for the device to go live; we never use it.
     let (Some(_rx), Some(tx), Some(buf)) = (
         dev.queue(0, 4),

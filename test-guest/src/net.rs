@@ -31,11 +31,7 @@ struct Nic {
 }
 
 fn open(base: u64) -> Option<Nic> {
-    let dev = Device::init(base, F_MAC)?;
-    if dev.id != ID_NET {
-        dev.reset();
-        return None;
-    }
+    let dev = Device::init(base, ID_NET, F_MAC)?;
     let mut mac = [0u8; 6];
     if dev.offered & u64::from(F_MAC) != 0 {
         for (i, b) in mac.iter_mut().enumerate() {

@@ -208,17 +208,19 @@ impl Queue {
 pub struct Device {
     /// Its MMIO window.
     pub base: u64,
-    /// Its ID.
-    pub id: u32,
     /// Features the device offered (both words).
     pub offered: u64,
 }
 
 impl Device {
-    /// Resets the device and negotiates `wanted` low-word features (and
-    /// VERSION_1); returns None if the device refuses.
-    pub fn init(base: u64, wanted_low: u32) -> Option<Self> {
+    /// If the device at `base` is a `want_id`, resets it and negotiates
+    /// `wanted_low` low-word features (and VERSION_1); None otherwise (other
+    /// devices are not touched) or if the device refuses.
+    pub fn init(base: u64, want_id: u32, wanted_low: u32) -> Option<Self> {
         let id = probe(base)?;
+        if id != want_id {
+            return None;
+        }
         mmio::write::<u32>(base + STATUS, 0);
         mmio::write::<u32>(base + STATUS, S_ACKNOWLEDGE);
         mmio::write::<u32>(base + STATUS, S_ACKNOWLEDGE | S_DRIVER);
@@ -239,7 +241,6 @@ impl Device {
         }
         Some(Self {
             base,
-            id,
             offered: (u64::from(high) << 32) | u64::from(low),
         })
     }

@@ -134,11 +134,7 @@ struct Vsock {
 }
 
 fn open(base: u64) -> Option<Vsock> {
-    let dev = Device::init(base, 0)?;
-    if dev.id != ID_VSOCK {
-        dev.reset();
-        return None;
-    }
+    let dev = Device::init(base, ID_VSOCK, 0)?;
     let cid: u64 = dev.config(0);
     let mut rx = dev.queue(0, (RX_N * 2) as u16)?;
     let tx = dev.queue(1, (TX_N * 2) as u16)?;

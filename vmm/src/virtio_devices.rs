@@ -103,6 +103,36 @@ pub fn cmdline_entry(slot: Slot) -> String {
     )
 }
 
+/// An attached device as the VMM reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtioDeviceInfo {
+    /// Name of its worker thread (`vmm-blk0`…).
+    pub name: String,
+    /// Where it sits.
+    pub slot: Slot,
+    /// The virtio device status register (DRIVER_OK = 4: a driver runs it).
+    pub status: u32,
+}
+
+/// Attached devices: the workers and a handle on each transport.
+pub(crate) struct AttachedDevices {
+    pub(crate) workers: Vec<IoThread>,
+    transports: Vec<(String, Slot, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl AttachedDevices {
+    pub(crate) fn info(&self) -> Vec<VirtioDeviceInfo> {
+        self.transports
+            .iter()
+            .map(|(name, slot, t)| VirtioDeviceInfo {
+                name: name.clone(),
+                slot: *slot,
+                status: corral_devices::bus::lock(t).status(),
+            })
+            .collect()
+    }
+}
+
 /// A device ready to attach: the device, its worker's subscriber, a name.
 struct Pending {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -140,15 +170,15 @@ fn open_devices(config: &VmConfig) -> Result<Vec<Pending>, DeviceError> {
     Ok(out)
 }
 
-/// Opens, wires and starts every configured device; returns their worker
-/// threads.
+/// Opens, wires and starts every configured device.
 pub(crate) fn attach(
     vm: &Vm,
     mmio: &mut Bus,
     config: &VmConfig,
     slots: &[Slot],
-) -> Result<Vec<IoThread>, DeviceError> {
+) -> Result<AttachedDevices, DeviceError> {
     let mut workers = Vec::new();
+    let mut transports = Vec::new();
     for (index, (pending, slot)) in open_devices(config)?.into_iter().zip(slots).enumerate() {
         let irqfd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map_err(|source| DeviceError::Io {
@@ -178,11 +208,9 @@ pub(crate) fn attach(
                     source,
                 })?;
         }
-        mmio.insert(
-            Arc::new(Mutex::new(transport)),
-            slot.base,
-            VIRTIO_MMIO_SLOT_SIZE,
-        )?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), slot.base, VIRTIO_MMIO_SLOT_SIZE)?;
+        transports.push((pending.name.clone(), *slot, transport));
         let worker = IoThread::spawn(&pending.name, vec![pending.handler]).map_err(|source| {
             DeviceError::Io {
                 what: "worker thread",
@@ -191,7 +219,10 @@ pub(crate) fn attach(
         })?;
         workers.push(worker);
     }
-    Ok(workers)
+    Ok(AttachedDevices {
+        workers,
+        transports,
+    })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::platform::{Platform, PlatformError};
 use crate::threads::{NamedThread, Tid};
 use crate::vcpu::run::{vcpu_thread, VcpuContext};
 use crate::vcpu::{create_vcpus, kick, StartGate, VcpuError};
-use crate::virtio_devices::{self, DeviceError, Slot};
+use crate::virtio_devices::{self, AttachedDevices, DeviceError, Slot, VirtioDeviceInfo};
 use crate::vm::{Vm, VmError};
 use crate::x86_64::boot_params::{write_pvh, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MpTableError, MAX_MPTABLE_VCPUS};
@@ -110,7 +110,7 @@ impl Drop for VcpuThreads {
 pub struct Vmm {
     vcpus: VcpuThreads,
     io: IoThread,
-    device_workers: Vec<IoThread>,
+    devices: AttachedDevices,
     exit: Arc<ExitState>,
     boot_time: BootTime,
     created: Instant,
@@ -156,7 +156,7 @@ impl Vmm {
             })?;
         let mut platform =
             Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
-        let mut device_workers = virtio_devices::attach(&vm, &mut platform.mmio, &config, &slots)?;
+        let mut devices = virtio_devices::attach(&vm, &mut platform.mmio, &config, &slots)?;
         let vcpus = create_vcpus(&vm, config.vcpus, &kernel.protocol)?;
 
         let mut subscribers: Vec<Subscriber> = console_flusher.into_iter().collect();
@@ -197,7 +197,7 @@ impl Vmm {
             thread.tid().map_err(|e| VmmError::Thread("vCPU", e))?;
         }
         io.tid().map_err(|e| VmmError::Thread("vmm-io", e))?;
-        for worker in &mut device_workers {
+        for worker in &mut devices.workers {
             worker
                 .tid()
                 .map_err(|e| VmmError::Thread("device worker", e))?;
@@ -212,7 +212,7 @@ impl Vmm {
         Ok(Self {
             vcpus: threads,
             io,
-            device_workers,
+            devices,
             exit,
             boot_time,
             created,
@@ -245,9 +245,14 @@ impl Vmm {
     /// TIDs of every other thread of the VMM (device I/O and event loops).
     pub fn other_tids(&self) -> Vec<Tid> {
         std::iter::once(&self.io)
-            .chain(&self.device_workers)
+            .chain(&self.devices.workers)
             .filter_map(IoThread::known_tid)
             .collect()
+    }
+
+    /// The attached virtio devices and their status as the guest left it.
+    pub fn virtio_devices(&self) -> Vec<VirtioDeviceInfo> {
+        self.devices.info()
     }
 
     /// How long after VM creation the guest signalled the boot timer.
@@ -294,7 +299,7 @@ impl Drop for Vmm {
         self.exit.record(VmExit::HostShutdown);
         self.vcpus.stop();
         self.io.stop();
-        for worker in &mut self.device_workers {
+        for worker in &mut self.devices.workers {
             worker.stop();
         }
     }

@@ -24,6 +24,9 @@ pub mod mmio;
 pub mod net;
 pub mod vsock;
 
+#[cfg(test)]
+mod hostile;
+
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
