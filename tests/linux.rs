@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use corral_vmm::x86_64::boot_params::{e820_map, E820_RAM};
 use corral_vmm::{
-    ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput, VmConfig, VmExit, Vmm,
-    DEFAULT_CMDLINE,
+    ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput, DiskConfig, NetConfig, VmConfig,
+    VmExit, Vmm, VsockConfig, DEFAULT_CMDLINE,
 };
 
 /// Command-line options the PVM hosts need (see ../shared/platform.md):
@@ -64,7 +64,17 @@ fn linux_boots_under_corral() {
     let pvm = common::is_pvm();
     let kernel = common::guest_kernel(if pvm { "pvm-ci" } else { "default" }).join("vmlinux");
     let initrd = common::initramfs();
+    // One of each virtio device; IP autoconfiguration makes the kernel
+    // report its network interface on the console.
+    let dir = common::scratch_dir("linux-devices");
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let tap = format!("tl{}", std::process::id() % 100_000_000);
     let mut cmdline = DEFAULT_CMDLINE.to_string();
+    cmdline.push_str(" ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off");
     if pvm {
         cmdline.push(' ');
         cmdline.push_str(PVM_WORKAROUNDS);
@@ -80,7 +90,20 @@ fn linux_boots_under_corral() {
             output: ConsoleOutput::Buffer(console.clone()),
             input: ConsoleInput::None,
         },
-        ..VmConfig::new(&kernel)
+        disks: vec![DiskConfig {
+            path: disk,
+            read_only: false,
+            serial: Some("linux-test".into()),
+        }],
+        // A tap that does not exist yet is created for the VM's lifetime.
+        nets: vec![NetConfig {
+            tap,
+            mac: Some([0x02, 0, 0, 0, 0, 0x2a]),
+        }],
+        vsock: Some(VsockConfig {
+            cid: 3,
+            uds_path: dir.join("v.sock"),
+        }),
     };
     eprintln!(
         "booting {} ({} vCPUs, {MEMORY_MIB} MiB)",
@@ -90,9 +113,11 @@ fn linux_boots_under_corral() {
     let started = Instant::now();
     let mut vmm = Vmm::boot(config).expect("boot the Linux guest");
 
+    let devices;
     if pvm {
         // Bounded: ~70 s to Run /init on these hosts; user space is out of reach.
         let reached = console.wait_for(RUN_INIT, Duration::from_secs(900));
+        devices = vmm.virtio_devices();
         vmm.shutdown_handle().request();
         let exit = vmm.wait();
         assert!(
@@ -101,6 +126,12 @@ fn linux_boots_under_corral() {
             console.text()
         );
     } else {
+        assert!(
+            console.wait_for(READY, Duration::from_secs(120)),
+            "{}",
+            console.text()
+        );
+        devices = vmm.virtio_devices();
         let exit = vmm.wait_timeout(Some(Duration::from_secs(120)));
         assert_eq!(exit, Some(VmExit::PowerOff), "console:\n{}", console.text());
         assert!(console.text().contains(READY), "{}", console.text());
@@ -129,6 +160,27 @@ fn linux_boots_under_corral() {
         );
     }
     assert!(out.contains(RUN_INIT), "{out}");
+    // The kernel's own drivers took every device.
+    assert!(
+        out.contains("[vda] 32768 512-byte logical blocks"),
+        "virtio-blk not probed:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("IP-Config: Complete:"))
+            && out.contains("device=eth0, hwaddr=02:00:00:00:00:2a"),
+        "virtio-net not probed:\n{out}"
+    );
+    const DRIVER_OK: u32 = 4;
+    assert_eq!(devices.len(), 3);
+    for d in &devices {
+        assert_ne!(
+            d.status & DRIVER_OK,
+            0,
+            "{} was not brought up by Linux: {d:?}",
+            d.name
+        );
+    }
+    eprintln!("virtio devices as Linux left them: {devices:?}");
     eprintln!(
         "Linux under Corral: `Run /init` at printk time {:?} s, wall {:.1} s ({})",
         printk_time(&out, RUN_INIT),

@@ -20,8 +20,6 @@ const QUEUE_NUM_MAX: u64 = 0x034;
 const QUEUE_NUM: u64 = 0x038;
 const QUEUE_READY: u64 = 0x044;
 const QUEUE_NOTIFY: u64 = 0x050;
-const INTERRUPT_STATUS: u64 = 0x060;
-const INTERRUPT_ACK: u64 = 0x064;
 const STATUS: u64 = 0x070;
 const QUEUE_DESC: u64 = 0x080;
 const QUEUE_DRIVER: u64 = 0x090;
@@ -296,14 +294,6 @@ impl Device {
             S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
         );
         mmio::read::<u32>(self.base + STATUS) & S_NEEDS_RESET == 0
-    }
-
-    /// Acknowledges any pending interrupt (we poll; this keeps the line quiet).
-    pub fn ack_interrupts(&self) {
-        let s = mmio::read::<u32>(self.base + INTERRUPT_STATUS);
-        if s != 0 {
-            mmio::write::<u32>(self.base + INTERRUPT_ACK, s);
-        }
     }
 
     /// Reads a config-space value.

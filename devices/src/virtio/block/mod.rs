@@ -7,6 +7,7 @@
 //! - `event_handler`: the worker-thread side (queue notifications).
 
 mod event_handler;
+mod positioned;
 pub mod request;
 
 use std::fs::{File, OpenOptions};

@@ -12,12 +12,12 @@
 //! gets used length 0.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 
 use tracing::debug;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use super::positioned::FileAt;
 use super::SERIAL_LEN;
 use crate::virtio::GuestMemoryMmap;
 
@@ -203,9 +203,9 @@ impl Disk {
         match kind {
             VIRTIO_BLK_T_IN => {
                 let len = self.check_range(sector, writable)?;
-                self.seek(sector)?;
+                let mut disk = FileAt::new(&self.file, sector * SECTOR_SIZE);
                 for seg in writable {
-                    mem.read_exact_volatile_from(seg.addr, &mut self.file, seg.len as usize)
+                    mem.read_exact_volatile_from(seg.addr, &mut disk, seg.len as usize)
                         .map_err(|_| BadRequest::Memory)?;
                 }
                 Ok((VIRTIO_BLK_S_OK, len))
@@ -215,9 +215,9 @@ impl Disk {
                     return Err(BadRequest::ReadOnly);
                 }
                 self.check_range(sector, readable)?;
-                self.seek(sector)?;
+                let mut disk = FileAt::new(&self.file, sector * SECTOR_SIZE);
                 for seg in readable.iter() {
-                    mem.write_all_volatile_to(seg.addr, &mut self.file, seg.len as usize)
+                    mem.write_all_volatile_to(seg.addr, &mut disk, seg.len as usize)
                         .map_err(|_| BadRequest::Memory)?;
                 }
                 Ok((VIRTIO_BLK_S_OK, 0))
@@ -269,13 +269,6 @@ impl Disk {
         }
         Ok(len)
     }
-
-    fn seek(&mut self, sector: u64) -> Result<(), BadRequest> {
-        self.file
-            .seek(SeekFrom::Start(sector * SECTOR_SIZE))
-            .map(|_| ())
-            .map_err(BadRequest::Io)
-    }
 }
 
 /// Removes the last byte of the last non-empty segment; returns its address.
@@ -323,7 +316,7 @@ fn take_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::{Read, Seek, SeekFrom, Write};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueOwnedT};
