@@ -5,6 +5,15 @@
 //! vCPU fails; 130 when stopped by SIGINT/SIGTERM/SIGHUP; 1 when the VM
 //! cannot be built; 2 for bad usage. Every failure prints one line on stderr.
 
+/// Writes one line to stderr, ignoring failure: `eprintln!` would panic
+/// when stderr is a closed pipe, and there is nowhere else to report to.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod device_args;
 mod signals;
 
@@ -71,14 +80,14 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli.log) {
-        eprintln!("corral: error: {e:#}");
+        say_err!("corral: error: {e:#}");
         return ExitCode::from(2);
     }
     match cli.command {
         Command::Run(args) => match run(args) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("corral: error: {e:#}");
+                say_err!("corral: error: {e:#}");
                 ExitCode::from(1)
             }
         },
@@ -142,7 +151,7 @@ fn report(exit: &VmExit) -> ExitCode {
         VmExit::VcpuFailed { .. } => 5,
         VmExit::HostShutdown => 130,
     };
-    eprintln!("corral: {exit}");
+    say_err!("corral: {exit}");
     ExitCode::from(code)
 }
 

@@ -51,7 +51,7 @@ pub fn spawn_shutdown_thread(signals: TerminationSignals, vm: ShutdownHandle) ->
                     continue;
                 }
                 if requested {
-                    eprintln!("corral: signal {sig} again: exiting without waiting for the VM");
+                    say_err!("corral: signal {sig} again: exiting without waiting for the VM");
                     std::process::exit(128 + sig);
                 }
                 tracing::info!("signal {sig} received: shutting the VM down");

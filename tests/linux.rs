@@ -293,3 +293,59 @@ fn builds_are_cached_and_follow_their_inputs() {
     std::fs::remove_dir_all(&rebuilt).unwrap();
     std::fs::remove_dir_all(&copy).unwrap();
 }
+
+#[test]
+fn linux_bzimage_boots_through_the_64bit_protocol() {
+    let _kvm = common::kvm();
+    let pvm = common::is_pvm();
+    let kernel = common::guest_kernel(if pvm { "pvm-ci" } else { "default" }).join("bzImage");
+    let mut cmdline = format!("{DEFAULT_CMDLINE} earlyprintk=serial,ttyS0");
+    if pvm {
+        cmdline.push(' ');
+        cmdline.push_str(PVM_WORKAROUNDS);
+    }
+    let console = ConsoleBuffer::new();
+    let config = VmConfig {
+        vcpus: 1,
+        memory_mib: MEMORY_MIB,
+        initrd: Some(common::initramfs()),
+        cmdline,
+        console: ConsoleConfig {
+            output: ConsoleOutput::Buffer(console.clone()),
+            input: ConsoleInput::None,
+        },
+        ..VmConfig::new(&kernel)
+    };
+    let started = Instant::now();
+    let mut vmm = Vmm::boot(config).expect("boot the bzImage");
+    if pvm {
+        // The image decompresses itself in the emulated ring 0 first.
+        let reached = console.wait_for("BIOS-e820", Duration::from_secs(600))
+            && console.wait_for("NX (Execute Disable)", Duration::from_secs(60));
+        vmm.shutdown_handle().request();
+        vmm.wait();
+        assert!(
+            reached,
+            "the bzImage did not reach the kernel:\n{}",
+            console.text()
+        );
+    } else {
+        let exit = vmm.wait_timeout(Some(Duration::from_secs(120)));
+        assert_eq!(exit, Some(VmExit::PowerOff), "{}", console.text());
+        assert!(console.text().contains(READY), "{}", console.text());
+    }
+    let out = console.text();
+    let expected: Vec<_> = e820_map(MEMORY_MIB << 20)
+        .iter()
+        .map(|e| (e.addr, e.size, e.kind))
+        .collect();
+    assert_eq!(
+        printed_e820(&out),
+        expected,
+        "zero-page e820 differs:\n{out}"
+    );
+    eprintln!(
+        "bzImage: kernel banner after {:.1} s wall",
+        started.elapsed().as_secs_f64()
+    );
+}
