@@ -14,6 +14,7 @@ macro_rules! say_err {
     }};
 }
 
+mod cgroups;
 mod device_args;
 mod signals;
 
@@ -75,6 +76,8 @@ struct RunArgs {
     /// hybrid vsock protocol; guest connections to host port P go to UDS_P).
     #[arg(long, value_name = "CID,UDS_PATH", value_parser = device_args::parse_vsock)]
     vsock: Option<corral_vmm::VsockConfig>,
+    #[command(flatten)]
+    cgroups: cgroups::CgroupArgs,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +127,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ConsoleInput::None
         },
     };
+    let disk_paths = args.disks.iter().map(|d| d.path.clone()).collect();
     let config = VmConfig {
         vcpus: args.cpus,
         memory_mib: args.memory,
@@ -135,10 +139,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         nets: args.nets,
         vsock: args.vsock,
     };
-    let mut vmm = Vmm::boot(config).context("cannot start the VM")?;
+    let mut vmm = Vmm::create(config).context("cannot start the VM")?;
+    // Between create and start: every thread exists, no guest code has run.
+    let sandbox = cgroups::place(&args.cgroups, &vmm, disk_paths)?;
+    vmm.start();
     signals::spawn_shutdown_thread(termination, vmm.shutdown_handle())?;
     let exit = vmm.wait();
     drop(vmm);
+    cgroups::finish(sandbox);
     Ok(report(&exit))
 }
 

@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 /// A kernel thread ID.
 pub type Tid = libc::pid_t;
@@ -18,6 +19,7 @@ pub fn gettid() -> Tid {
 
 /// A thread the VMM spawned: its handle and, once reported, its TID.
 pub(crate) struct NamedThread {
+    spawned_at: Instant,
     handle: Option<JoinHandle<()>>,
     tid: Option<Tid>,
     tid_report: mpsc::Receiver<Tid>,
@@ -30,12 +32,14 @@ impl NamedThread {
         F: FnOnce() + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
+        let spawned_at = Instant::now();
         let handle = thread::Builder::new().name(name).spawn(move || {
             // If nobody listens any more there is nobody to tell.
             let _ = tx.send(gettid());
             f()
         })?;
         Ok(Self {
+            spawned_at,
             handle: Some(handle),
             tid: None,
             tid_report: rx,
@@ -53,6 +57,11 @@ impl NamedThread {
             .map_err(|_| io::Error::other("thread exited before reporting its TID"))?;
         self.tid = Some(tid);
         Ok(tid)
+    }
+
+    /// When the thread was spawned.
+    pub(crate) fn spawned_at(&self) -> Instant {
+        self.spawned_at
     }
 
     /// The TID if it has been collected.

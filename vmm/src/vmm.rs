@@ -242,6 +242,16 @@ impl Vmm {
             .collect()
     }
 
+    /// When each vCPU thread was spawned, by vCPU index (for measuring how
+    /// soon after spawning it was placed).
+    pub fn vcpu_spawned_at(&self) -> Vec<Instant> {
+        self.vcpus
+            .threads
+            .iter()
+            .map(NamedThread::spawned_at)
+            .collect()
+    }
+
     /// TIDs of every other thread of the VMM (device I/O and event loops).
     pub fn other_tids(&self) -> Vec<Tid> {
         std::iter::once(&self.io)

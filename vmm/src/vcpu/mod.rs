@@ -69,7 +69,7 @@ pub(crate) fn create_vcpus(
                 .fd()
                 .create_vcpu(u64::from(index))
                 .map_err(|e| VcpuError::Create(index, e))?;
-            let vcpu = Vcpu { index, fd };
+            let mut vcpu = Vcpu { index, fd };
             vcpu.configure(
                 vm,
                 &supported,
@@ -77,12 +77,31 @@ pub(crate) fn create_vcpus(
                 &msrs,
                 (index == 0).then_some(protocol),
             )?;
+            if index == 0 {
+                vcpu.first_run_setup();
+            }
             Ok(vcpu)
         })
         .collect()
 }
 
 impl Vcpu {
+    /// Lets KVM do its first-`KVM_RUN` set-up now, without running guest
+    /// code: a `KVM_RUN` with `immediate_exit` set returns at once. Recent
+    /// kernels start the VM's NX huge-page recovery worker (a thread in our
+    /// thread group, `kvm-nx-lpage-re`) at the first `KVM_RUN`; doing it
+    /// here, on the creating thread, means the worker exists before
+    /// `Vmm::create` returns, so cgroup placement finds it, and it does not
+    /// inherit a vCPU thread's constrained cgroup.
+    fn first_run_setup(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            other => debug!("vcpu{}: set-up KVM_RUN returned {other:?}", self.index),
+        }
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
     fn configure(
         &self,
         vm: &Vm,

@@ -1,0 +1,116 @@
+//! `corral run`'s cgroup placement: builds the sandbox's cgroups from the
+//! command line, places the VM's threads between `Vmm::create` and
+//! `Vmm::start` (so no guest instruction runs unconstrained), and reports
+//! CPU time and memory at the end.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use corral_runtime::cgroup::{CgroupConfig, PlacementMode, Sandbox};
+use corral_vmm::Vmm;
+use tracing::info;
+
+/// The cgroup options of `corral run`.
+#[derive(clap::Args, Debug)]
+pub struct CgroupArgs {
+    /// Place the VM's threads in cgroups beneath PATH (OCI cgroupsPath form:
+    /// relative to this process's cgroup, /absolute, or slice:prefix:name
+    /// for systemd). Use "" for "right beneath this process's cgroup".
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_parent: Option<String>,
+    /// split: vCPU threads constrained, VMM threads in an unconstrained
+    /// sibling; sandbox-only: the whole process constrained.
+    #[arg(long, value_enum, default_value_t = Mode::Split, requires = "cgroup_parent")]
+    pub cgroup_mode: Mode,
+    /// CPU quota of the constrained cgroup, in CPUs (e.g. 0.5).
+    #[arg(long, value_name = "CPUS", requires = "cgroup_parent", value_parser = parse_quota)]
+    pub cpus_quota: Option<f64>,
+    /// Memory limit of the sandbox, in MiB.
+    #[arg(long, value_name = "MiB", requires = "cgroup_parent")]
+    pub memory_limit: Option<u64>,
+    /// Pin vCPU i to the i-th CPU of the allowed set when there are as many
+    /// vCPUs as CPUs (otherwise let every vCPU use every allowed CPU).
+    #[arg(long, requires = "cgroup_parent")]
+    pub pin_vcpus: bool,
+}
+
+/// Placement mode on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// vCPUs constrained, VMM threads not.
+    Split,
+    /// Everything constrained.
+    SandboxOnly,
+}
+
+fn parse_quota(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(q) if q.is_finite() && q > 0.0 && q <= 4096.0 => Ok(q),
+        _ => Err(format!(
+            "CPU quota {s:?} is not a number of CPUs between 0 and 4096"
+        )),
+    }
+}
+
+/// Creates the sandbox cgroups (if asked for) and places the VM's threads.
+pub fn place(
+    args: &CgroupArgs,
+    vmm: &Vmm,
+    disks: Vec<std::path::PathBuf>,
+) -> anyhow::Result<Option<Sandbox>> {
+    let Some(parent) = &args.cgroup_parent else {
+        return Ok(None);
+    };
+    let mut config = CgroupConfig::new(format!("corral-{}", std::process::id()));
+    config.parent = parent.clone();
+    config.mode = match args.cgroup_mode {
+        Mode::Split => PlacementMode::Split,
+        Mode::SandboxOnly => PlacementMode::SandboxOnly,
+    };
+    config.cpu_quota = args.cpus_quota;
+    config.memory_limit = args
+        .memory_limit
+        .map(|mib| {
+            mib.checked_mul(1 << 20)
+                .context("--memory-limit is too large")
+        })
+        .transpose()?;
+    config.pin_vcpus = args.pin_vcpus;
+    config.disks = disks;
+    let mut sandbox = Sandbox::create(&config).context("cannot create the sandbox cgroups")?;
+    let report = sandbox
+        .place(&vmm.vcpu_tids(), &vmm.other_tids())
+        .context("cannot place the VM's threads in their cgroups")?;
+    let placed = Instant::now();
+    for (v, spawned) in report.vcpus.iter().zip(vmm.vcpu_spawned_at()) {
+        info!(
+            "cgroups: vcpu{} (TID {}) placed {} µs after its thread was spawned (the move itself took {} µs)",
+            v.index,
+            v.tid,
+            placed.duration_since(spawned).as_micros(),
+            v.latency_us
+        );
+    }
+    for warning in &report.warnings {
+        tracing::warn!("cgroups: {warning}");
+    }
+    let paths = sandbox.paths();
+    info!(
+        "cgroups: {:?} placement, {:?} driver; {paths:?}",
+        config.mode,
+        sandbox.driver().kind
+    );
+    Ok(Some(sandbox))
+}
+
+/// Logs CPU time and memory of the sandbox, then removes its cgroups.
+pub fn finish(sandbox: Option<Sandbox>) {
+    let Some(mut sandbox) = sandbox else { return };
+    match sandbox.stats() {
+        Ok(stats) => info!("cgroups: stats {stats:?}"),
+        Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
+    }
+    if let Err(e) = sandbox.teardown() {
+        tracing::warn!("cgroups: teardown incomplete: {e}");
+    }
+}
