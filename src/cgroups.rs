@@ -104,8 +104,16 @@ pub fn place(
 }
 
 /// Logs CPU time and memory of the sandbox, then removes its cgroups.
-pub fn finish(sandbox: Option<Sandbox>) {
+pub fn finish(sandbox: Option<Sandbox>, vcpu_cpu: &[std::time::Duration]) {
     let Some(mut sandbox) = sandbox else { return };
+    let vcpu: std::time::Duration = vcpu_cpu.iter().sum();
+    let process = process_cpu_time();
+    info!(
+        "cpu: vCPU threads {} ms, every other thread {} ms (process total {} ms)",
+        vcpu.as_millis(),
+        process.saturating_sub(vcpu).as_millis(),
+        process.as_millis()
+    );
     match sandbox.stats() {
         Ok(stats) => info!("cgroups: stats {stats:?}"),
         Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
@@ -113,4 +121,18 @@ pub fn finish(sandbox: Option<Sandbox>) {
     if let Err(e) = sandbox.teardown() {
         tracing::warn!("cgroups: teardown incomplete: {e}");
     }
+}
+
+/// CPU time of the whole process so far (joined threads included).
+fn process_cpu_time() -> std::time::Duration {
+    // SAFETY: getrusage writes into the zeroed rusage we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return std::time::Duration::ZERO;
+        }
+        usage
+    };
+    let tv = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

@@ -145,8 +145,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     vmm.start();
     signals::spawn_shutdown_thread(termination, vmm.shutdown_handle())?;
     let exit = vmm.wait();
+    let vcpu_cpu = vmm.vcpu_cpu_times();
     drop(vmm);
-    cgroups::finish(sandbox);
+    cgroups::finish(sandbox, &vcpu_cpu);
     Ok(report(&exit))
 }
 

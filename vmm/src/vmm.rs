@@ -9,6 +9,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,8 @@ pub enum VmmError {
 struct VcpuThreads {
     gate: Arc<StartGate>,
     threads: Vec<NamedThread>,
+    /// CPU time each thread recorded when it ended (ns).
+    cpu_time_ns: Vec<Arc<AtomicU64>>,
 }
 
 impl VcpuThreads {
@@ -180,6 +183,7 @@ impl Vmm {
         let mut threads = VcpuThreads {
             gate: gate.clone(),
             threads: Vec::with_capacity(vcpus.len()),
+            cpu_time_ns: Vec::with_capacity(vcpus.len()),
         };
         for vcpu in vcpus {
             let ctx = VcpuContext {
@@ -187,7 +191,9 @@ impl Vmm {
                 mmio: mmio.clone(),
                 exit: exit.clone(),
                 gate: gate.clone(),
+                cpu_time_ns: Arc::new(AtomicU64::new(0)),
             };
+            threads.cpu_time_ns.push(ctx.cpu_time_ns.clone());
             let name = format!("vcpu{}", vcpu.index);
             let thread = NamedThread::spawn(name, move || vcpu_thread(vcpu, ctx))
                 .map_err(|e| VmmError::Thread("vCPU", e))?;
@@ -239,6 +245,16 @@ impl Vmm {
             .threads
             .iter()
             .filter_map(NamedThread::known_tid)
+            .collect()
+    }
+
+    /// CPU time each vCPU thread used, by vCPU index, as recorded when the
+    /// thread ended (zero while it runs).
+    pub fn vcpu_cpu_times(&self) -> Vec<Duration> {
+        self.vcpus
+            .cpu_time_ns
+            .iter()
+            .map(|ns| Duration::from_nanos(ns.load(std::sync::atomic::Ordering::Relaxed)))
             .collect()
     }
 

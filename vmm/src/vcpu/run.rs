@@ -6,6 +6,7 @@
 //! failed entry or a KVM emulation failure end the VM as a guest crash with
 //! the vCPU's registers logged.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use corral_devices::bus::Bus;
@@ -24,6 +25,33 @@ pub(crate) struct VcpuContext {
     pub(crate) mmio: Arc<Bus>,
     pub(crate) exit: Arc<ExitState>,
     pub(crate) gate: Arc<StartGate>,
+    /// Where the thread leaves its CPU time (ns) when it ends.
+    pub(crate) cpu_time_ns: Arc<AtomicU64>,
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Records the thread's CPU time however the thread ends.
+struct CpuTimeRecorder<'a>(&'a AtomicU64);
+
+impl Drop for CpuTimeRecorder<'_> {
+    fn drop(&mut self) {
+        self.0.store(thread_cpu_time_ns(), Ordering::Relaxed);
+    }
 }
 
 /// What to do after an exit, decided while the exit borrows the vCPU.
@@ -57,6 +85,7 @@ impl Drop for PanicGuard<'_> {
 
 /// Body of a vCPU thread.
 pub(crate) fn vcpu_thread(mut vcpu: Vcpu, ctx: VcpuContext) {
+    let _cpu_time = CpuTimeRecorder(&ctx.cpu_time_ns);
     let _guard = PanicGuard {
         index: vcpu.index,
         exit: &ctx.exit,
