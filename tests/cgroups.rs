@@ -72,7 +72,15 @@ fn assert_split(sandbox: &Sandbox, vcpus: &BTreeSet<i32>) {
     }
 }
 
-fn assert_gone(created: &[std::path::PathBuf]) {
+/// Tears `sandbox` down and checks every directory it created is gone.
+fn teardown_and_check(sandbox: &mut Sandbox) {
+    let created: Vec<_> = sandbox
+        .paths()
+        .hierarchies
+        .into_iter()
+        .flat_map(|h| h.created)
+        .collect();
+    sandbox.teardown().unwrap();
     for dir in created {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
@@ -102,14 +110,7 @@ fn run_split(version: CgroupVersion) {
     vmm.shutdown_handle().request();
     assert_eq!(vmm.wait(), VmExit::HostShutdown);
     drop(vmm);
-    let created: Vec<_> = sandbox
-        .paths()
-        .hierarchies
-        .into_iter()
-        .flat_map(|h| h.created)
-        .collect();
-    sandbox.teardown().unwrap();
-    assert_gone(&created);
+    teardown_and_check(&mut sandbox);
     assert_eq!(
         std::fs::read_to_string("/proc/self/cgroup").unwrap(),
         before,
@@ -156,14 +157,7 @@ fn v1_sandbox_only_places_the_whole_process() {
     }
     vmm.start();
     drop(vmm);
-    let created: Vec<_> = sandbox
-        .paths()
-        .hierarchies
-        .into_iter()
-        .flat_map(|h| h.created)
-        .collect();
-    sandbox.teardown().unwrap();
-    assert_gone(&created);
+    teardown_and_check(&mut sandbox);
 }
 
 #[test]
@@ -183,14 +177,7 @@ fn systemd_form_path_without_systemd_falls_back_to_cgroupfs() {
     sandbox.place(&vmm.vcpu_tids(), &vmm.other_tids()).unwrap();
     assert_split(&sandbox, &vmm.vcpu_tids().into_iter().collect());
     drop(vmm);
-    let created: Vec<_> = sandbox
-        .paths()
-        .hierarchies
-        .into_iter()
-        .flat_map(|h| h.created)
-        .collect();
-    sandbox.teardown().unwrap();
-    assert_gone(&created);
+    teardown_and_check(&mut sandbox);
     eprintln!("fallback: {:?}", sandbox.driver());
 }
 

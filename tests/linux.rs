@@ -194,7 +194,7 @@ fn linux_reference_boot_under_qemu_tcg() {
     let kernel = common::guest_kernel("default").join("vmlinux");
     let initrd = common::initramfs();
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on"])
         .args(["-accel", "tcg", "-m", "128", "-smp", "2"])
         .args([
@@ -219,14 +219,7 @@ fn linux_reference_boot_under_qemu_tcg() {
         .expect(
             "qemu-system-x86_64 is missing: install qemu-system-x86 (the README's set-up does)",
         );
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(300) {
-            child.kill().unwrap();
-            panic!("QEMU TCG did not finish within 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::wait_output_within(child, Duration::from_secs(300), "QEMU TCG");
     let console = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

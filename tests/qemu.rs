@@ -31,7 +31,7 @@ fn test_guest_boots_under_qemu_microvm() {
     let ram = common::scratch_dir("qemu").join("guest-ram");
     let _ = std::fs::remove_file(&ram);
     let started = Instant::now();
-    let mut child = Command::new(qemu)
+    let child = Command::new(qemu)
         .args([
             "-M",
             "microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=ram",
@@ -63,17 +63,7 @@ fn test_guest_boots_under_qemu_microvm() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            panic!("QEMU did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::wait_output_within(child, Duration::from_secs(60), "QEMU");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -155,18 +145,10 @@ fn qemu_with_devices(workload: &str, devices: &[&str], netns: Option<&str>) -> S
     ])
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped());
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .expect("qemu-system-x86_64 is missing: install qemu-system-x86");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            panic!("QEMU did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::wait_output_within(child, Duration::from_secs(120), "QEMU");
     assert!(
         out.status.success(),
         "{}",

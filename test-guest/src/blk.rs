@@ -308,20 +308,13 @@ fn run_pass(
             issued += 1;
         }
         d.queue.kick();
-        let Some((head, _)) = d.queue.wait_used() else {
+        let mut used = d.queue.wait_used();
+        if used.is_none() {
             say!("bench blk {label} {size_name}: timeout");
             return false;
-        };
-        let idx = inflight[usize::from(head) % 256];
-        if let Some(Some(slot)) = slots.get(idx) {
-            if slot.status() != S_OK {
-                errors += 1;
-            }
         }
-        free_slots[nfree] = idx;
-        nfree += 1;
-        done += 1;
-        while let Some((head, _)) = d.queue.take_used() {
+        // The completion waited for, then every other one already there.
+        while let Some((head, _)) = used {
             let idx = inflight[usize::from(head) % 256];
             if let Some(Some(slot)) = slots.get(idx) {
                 if slot.status() != S_OK {
@@ -331,6 +324,7 @@ fn run_pass(
             free_slots[nfree] = idx;
             nfree += 1;
             done += 1;
+            used = d.queue.take_used();
         }
     }
     say!(

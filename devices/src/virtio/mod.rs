@@ -20,6 +20,7 @@
 //! DEVICE_NEEDS_RESET. Neither stops the VMM or any other device.
 
 pub mod block;
+mod lifecycle;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -35,6 +36,7 @@ use thiserror::Error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use lifecycle::Lifecycle;
 pub use mmio::MmioTransport;
 
 /// Guest memory as devices see it.

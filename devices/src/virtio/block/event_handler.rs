@@ -34,12 +34,12 @@ impl BlockHandler {
 
     fn sync_registration(&mut self, ops: &mut EventOps) {
         let dev = lock(&self.device);
-        drain_event(&dev.state_changed);
+        drain_event(&dev.lifecycle.state_changed);
         if let Some(old) = self.watching.take() {
             let _ = ops.remove(Events::with_data(&old, QUEUE, EventSet::IN));
         }
-        if let Some(active) = &dev.active {
-            match active.queue_event.try_clone() {
+        if let Some(active) = &dev.lifecycle.active {
+            match active.queue_events[0].try_clone() {
                 Ok(event) => match ops.add(Events::with_data(&event, QUEUE, EventSet::IN)) {
                     Ok(()) => self.watching = Some(event),
                     Err(e) => warn!("virtio-blk: cannot watch the queue: {e}"),
@@ -55,14 +55,9 @@ impl BlockHandler {
 
 impl MutEventSubscriber for BlockHandler {
     fn init(&mut self, ops: &mut EventOps) {
-        let dev = lock(&self.device);
-        if let Err(e) = ops.add(Events::with_data(
-            &dev.state_changed,
-            STATE_CHANGED,
-            EventSet::IN,
-        )) {
-            warn!("virtio-blk: cannot watch for activation: {e}");
-        }
+        lock(&self.device)
+            .lifecycle
+            .watch(ops, STATE_CHANGED, "virtio-blk");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

@@ -13,16 +13,15 @@ pub mod request;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::warn;
 use virtio_queue::Queue;
-use vmm_sys_util::eventfd::EventFd;
 
+use super::Lifecycle;
 use super::{
-    complete_chains, read_config_bytes, ActivateError, Activation, GuestMemoryMmap, Interrupt,
-    VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    complete_chains, read_config_bytes, ActivateError, Activation, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 pub use event_handler::BlockHandler;
 use request::{Disk, SECTOR_SIZE};
@@ -80,22 +79,13 @@ pub enum VirtioBlockError {
     EventFd(#[source] io::Error),
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    queue_event: EventFd,
-    interrupt: Arc<Interrupt>,
-}
-
 /// The virtio-blk device.
 pub struct Block {
     disk: Disk,
     read_only: bool,
     config: [u8; 8],
     features: u64,
-    /// Written on activation and reset, so the worker re-reads the state.
-    state_changed: EventFd,
-    active: Option<Active>,
+    lifecycle: Lifecycle,
     /// Requests completed, by outcome (for tests and diagnostics).
     stats: request::Stats,
 }
@@ -133,9 +123,7 @@ impl Block {
             read_only: config.read_only,
             config: sectors.to_le_bytes(),
             features,
-            state_changed: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(VirtioBlockError::EventFd)?,
-            active: None,
+            lifecycle: Lifecycle::new().map_err(VirtioBlockError::EventFd)?,
             stats: request::Stats::default(),
         })
     }
@@ -157,12 +145,12 @@ impl Block {
 
     /// Completes every available request; signals the driver when needed.
     pub(crate) fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active.as_mut() else {
             return;
         };
         let (disk, stats) = (&mut self.disk, &mut self.stats);
         let mem = &active.mem;
-        let result = complete_chains(&mut active.queue, mem, |chain| {
+        let result = complete_chains(&mut active.queues[0], mem, |chain| {
             let (len, outcome) = disk.execute(mem, chain);
             stats.record(outcome);
             len
@@ -224,30 +212,11 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mut a: Activation) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let (Some(queue), Some(queue_event)) = (a.queues.pop(), a.queue_events.pop()) else {
-            return Err(ActivateError::Queues {
-                needed: 1,
-                got: a.queues.len(),
-            });
-        };
-        self.active = Some(Active {
-            mem: a.mem,
-            queue,
-            queue_event,
-            interrupt: a.interrupt,
-        });
-        self.state_changed.write(1).map_err(ActivateError::Event)
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        self.lifecycle.activate(a, 1)
     }
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
-        let active = self.active.take()?;
-        if let Err(e) = self.state_changed.write(1) {
-            warn!("virtio-blk: cannot tell the worker about the reset: {e}");
-        }
-        Some(vec![active.queue])
+        self.lifecycle.reset("virtio-blk")
     }
 }

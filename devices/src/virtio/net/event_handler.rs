@@ -66,8 +66,8 @@ impl NetHandler {
         self.watch_backend(ops, false);
         let events = {
             let dev = lock(&self.device);
-            drain_event(&dev.state_changed);
-            dev.active.as_ref().map(|a| {
+            drain_event(&dev.lifecycle.state_changed);
+            dev.lifecycle.active.as_ref().map(|a| {
                 (
                     a.queue_events[RX].try_clone(),
                     a.queue_events[TX].try_clone(),
@@ -91,14 +91,9 @@ impl NetHandler {
 
 impl MutEventSubscriber for NetHandler {
     fn init(&mut self, ops: &mut EventOps) {
-        let dev = lock(&self.device);
-        if let Err(e) = ops.add(Events::with_data(
-            &dev.state_changed,
-            STATE_CHANGED,
-            EventSet::IN,
-        )) {
-            warn!("virtio-net: cannot watch for activation: {e}");
-        }
+        lock(&self.device)
+            .lifecycle
+            .watch(ops, STATE_CHANGED, "virtio-net");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

@@ -16,16 +16,15 @@ pub mod tap;
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::{debug, warn};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
 
+use super::Lifecycle;
 use super::{
-    read_config_bytes, ActivateError, Activation, GuestMemoryMmap, Interrupt, VirtioDevice,
+    read_config_bytes, ActivateError, Activation, GuestMemoryMmap, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 pub use event_handler::NetHandler;
@@ -83,20 +82,12 @@ pub struct NetStats {
     pub tx_dropped: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    queue_events: Vec<EventFd>,
-    interrupt: Arc<Interrupt>,
-}
-
 /// The virtio-net device.
 pub struct Net {
     backend: Box<dyn FrameBackend>,
     config: [u8; 10],
     features: u64,
-    state_changed: EventFd,
-    active: Option<Active>,
+    lifecycle: Lifecycle,
     /// A frame read from the back end, waiting for a guest buffer.
     rx_frame: Vec<u8>,
     rx_len: usize,
@@ -125,9 +116,7 @@ impl Net {
             backend,
             config,
             features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_RING_F_INDIRECT_DESC,
-            state_changed: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(VirtioNetError::EventFd)?,
-            active: None,
+            lifecycle: Lifecycle::new().map_err(VirtioNetError::EventFd)?,
             rx_frame: vec![0; MAX_FRAME],
             rx_len: 0,
             tx_frame: vec![0; MAX_FRAME],
@@ -158,7 +147,7 @@ impl Net {
     /// buffers. Returns false when it stopped for lack of buffers (the
     /// caller stops watching the back end until the RX queue is notified).
     pub(crate) fn process_rx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active.as_mut() else {
             return true;
         };
         let mem = &active.mem;
@@ -226,7 +215,7 @@ impl Net {
 
     /// Sends every frame the guest queued on TX.
     pub(crate) fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active.as_mut() else {
             return;
         };
         let (backend, frame, stats) = (&mut self.backend, &mut self.tx_frame, &mut self.stats);
@@ -329,31 +318,13 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if a.queues.len() != 2 || a.queue_events.len() != 2 {
-            return Err(ActivateError::Queues {
-                needed: 2,
-                got: a.queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem: a.mem,
-            queues: a.queues,
-            queue_events: a.queue_events,
-            interrupt: a.interrupt,
-        });
-        self.state_changed.write(1).map_err(ActivateError::Event)
+        self.lifecycle.activate(a, 2)
     }
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
-        let active = self.active.take()?;
+        let queues = self.lifecycle.reset("virtio-net")?;
         self.rx_len = 0;
-        if let Err(e) = self.state_changed.write(1) {
-            warn!("virtio-net: cannot tell the worker about the reset: {e}");
-        }
-        Some(active.queues)
+        Some(queues)
     }
 }
 

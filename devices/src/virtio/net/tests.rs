@@ -4,12 +4,15 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
+use std::sync::Arc;
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
+use crate::virtio::Interrupt;
 
 const F_WRITE: u16 = 2;
 

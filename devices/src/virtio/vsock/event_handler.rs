@@ -81,8 +81,8 @@ impl VsockHandler {
         }
         let (events, listener) = {
             let mut dev = lock(&self.device);
-            drain_event(&dev.state_changed);
-            let events = dev.active.as_ref().map(|a| {
+            drain_event(&dev.lifecycle.state_changed);
+            let events = dev.lifecycle.active.as_ref().map(|a| {
                 (
                     a.queue_events[RX].try_clone(),
                     a.queue_events[TX].try_clone(),
@@ -120,14 +120,9 @@ impl VsockHandler {
 
 impl MutEventSubscriber for VsockHandler {
     fn init(&mut self, ops: &mut EventOps) {
-        let dev = lock(&self.device);
-        if let Err(e) = ops.add(Events::with_data(
-            &dev.state_changed,
-            STATE_CHANGED,
-            EventSet::IN,
-        )) {
-            warn!("vsock: cannot watch for activation: {e}");
-        }
+        lock(&self.device)
+            .lifecycle
+            .watch(ops, STATE_CHANGED, "vsock");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

@@ -15,17 +15,16 @@ pub mod muxer;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vmm_sys_util::eventfd::EventFd;
 
+use super::Lifecycle;
 use super::{
-    complete_chains, read_config_bytes, ActivateError, Activation, GuestMemoryMmap, Interrupt,
-    VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    complete_chains, read_config_bytes, ActivateError, Activation, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 pub use connection::TX_BUF_SIZE;
 pub use event_handler::VsockHandler;
@@ -72,18 +71,10 @@ pub enum VirtioVsockError {
     EventFd(#[source] io::Error),
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    queue_events: Vec<EventFd>,
-    interrupt: Arc<Interrupt>,
-}
-
 /// The virtio-vsock device.
 pub struct Vsock {
     config: [u8; 8],
-    state_changed: EventFd,
-    active: Option<Active>,
+    lifecycle: Lifecycle,
     muxer: Muxer,
 }
 
@@ -101,9 +92,7 @@ impl Vsock {
         })?;
         Ok(Self {
             config: u64::from(config.cid).to_le_bytes(),
-            state_changed: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(VirtioVsockError::EventFd)?,
-            active: None,
+            lifecycle: Lifecycle::new().map_err(VirtioVsockError::EventFd)?,
             muxer,
         })
     }
@@ -115,7 +104,7 @@ impl Vsock {
 
     /// Hands every packet the guest queued on TX to the muxer.
     pub(crate) fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active.as_mut() else {
             return;
         };
         let muxer = &mut self.muxer;
@@ -139,7 +128,7 @@ impl Vsock {
 
     /// Fills RX buffers with whatever the muxer has for the guest.
     pub(crate) fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active.as_mut() else {
             return;
         };
         let mem = &active.mem;
@@ -203,30 +192,12 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if a.queues.len() != 3 || a.queue_events.len() != 3 {
-            return Err(ActivateError::Queues {
-                needed: 3,
-                got: a.queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem: a.mem,
-            queues: a.queues,
-            queue_events: a.queue_events,
-            interrupt: a.interrupt,
-        });
-        self.state_changed.write(1).map_err(ActivateError::Event)
+        self.lifecycle.activate(a, 3)
     }
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
-        let active = self.active.take()?;
+        let queues = self.lifecycle.reset("vsock")?;
         self.muxer.reset_all();
-        if let Err(e) = self.state_changed.write(1) {
-            warn!("vsock: cannot tell the worker about the reset: {e}");
-        }
-        Some(active.queues)
+        Some(queues)
     }
 }
