@@ -56,7 +56,14 @@
 //! cgroupfs always. A systemd-form path (`slice:prefix:name`) uses systemd
 //! when it answers on the system bus: a transient scope with `Delegate=yes`
 //! holding the process, inside which Corral manages the subtree itself as
-//! above. When systemd is not reachable (checked cheaply first, see
+//! above. The scope's directory is found beneath systemd's own root in each
+//! hierarchy (PID 1's cgroup without `init.scope`, as runc does), so a
+//! systemd that itself runs in a container is followed. Teardown moves the
+//! process out of the scope in every hierarchy systemd put it in (on a
+//! hybrid host that includes the cgroup2 one, where systemd tracks
+//! processes) before stopping it, as stopping a scope kills what is inside.
+//! `tests/systemd.rs` checks all this against a real systemd run as PID 1
+//! of a private PID namespace. When systemd is not reachable (checked cheaply first, see
 //! [`systemd`]), the same `slice/…/scope` path is created
 //! with cgroupfs beneath the process's cgroup, with a warning and
 //! [`DriverInfo::fallback`] set — it never fails for that reason.

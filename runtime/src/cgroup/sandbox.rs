@@ -107,6 +107,14 @@ fn memory_value(limit: Option<u64>) -> Result<Option<i64>, CgroupError> {
 enum Base {
     BelowOrigin(PathBuf),
     FromRoot(PathBuf),
+    /// Beneath systemd's own root in each hierarchy: PID 1's cgroup without
+    /// a trailing `init.scope` (as runc resolves it), which is the
+    /// hierarchy's root on a host and a subtree when systemd itself runs
+    /// in a container. `roots` is PID 1's `/proc/1/cgroup`.
+    SystemdRoot {
+        roots: HashMap<String, String>,
+        rel: PathBuf,
+    },
 }
 
 impl Sandbox {
@@ -139,7 +147,14 @@ impl Sandbox {
             ParentSpec::Systemd(spec) => {
                 let scope_path = spec.scope_path(&config.parent)?;
                 match systemd::reachable() {
-                    Ok(()) => (Base::FromRoot(scope_path), Some(spec), None),
+                    Ok(()) => (
+                        Base::SystemdRoot {
+                            roots: procfs::cgroups_of(1)?,
+                            rel: scope_path,
+                        },
+                        Some(spec),
+                        None,
+                    ),
                     Err(reason) => (Base::BelowOrigin(scope_path), None, Some(reason)),
                 }
             }
@@ -372,13 +387,17 @@ impl Drop for Sandbox {
 }
 
 /// The directory of the process's cgroup in `mount`.
-fn origin_dir(mount: &Mount, origins: &HashMap<String, String>) -> Result<PathBuf, CgroupError> {
-    let key = match mount.controllers.first() {
+/// The key of `mount`'s line in a parsed `/proc/<pid>/cgroup`.
+fn hierarchy_key(mount: &Mount) -> String {
+    match mount.controllers.first() {
         Some(controller) => controller.to_string(),
         None => String::new(),
-    };
+    }
+}
+
+fn origin_dir(mount: &Mount, origins: &HashMap<String, String>) -> Result<PathBuf, CgroupError> {
     let cgroup = origins
-        .get(&key)
+        .get(&hierarchy_key(mount))
         .ok_or_else(|| CgroupError::OriginUnknown {
             hierarchy: mount.name(),
         })?;
@@ -396,7 +415,20 @@ fn parent_dir(
             let cgroup = format!("/{}", rel.display());
             procfs::cgroup_dir(&mount.mount_point, &mount.mount_root, &cgroup)
         }
+        Base::SystemdRoot { roots, rel } => {
+            let root = roots.get(&hierarchy_key(mount)).map_or("/", String::as_str);
+            let cgroup = format!("{}/{}", systemd_root(root), rel.display());
+            procfs::cgroup_dir(&mount.mount_point, &mount.mount_root, &cgroup)
+        }
     }
+}
+
+/// systemd's root cgroup, given PID 1's cgroup in one hierarchy.
+fn systemd_root(pid1_cgroup: &str) -> &str {
+    let root = pid1_cgroup
+        .strip_suffix("/init.scope")
+        .unwrap_or(pid1_cgroup);
+    root.trim_end_matches('/')
 }
 
 fn layout_all(
@@ -423,8 +455,11 @@ fn layout_all(
         .collect()
 }
 
-/// v1 with systemd: the `name=systemd` hierarchy, where systemd puts the
-/// process into the scope, must be restored at teardown too.
+/// v1 with systemd: the hierarchies Corral does not manage but systemd
+/// puts the process into the scope in, which teardown must restore before
+/// stopping the scope (stopping it kills what is still inside): the
+/// `name=systemd` hierarchy and, on a hybrid host, the cgroup2 one, which
+/// is where systemd tracks processes there.
 fn systemd_restore(
     version: CgroupVersion,
     origins: &HashMap<String, String>,
@@ -433,19 +468,24 @@ fn systemd_restore(
     if version != CgroupVersion::V1 {
         return Ok(Vec::new());
     }
-    let Some(mount) = version::v1_systemd_mount() else {
-        return Ok(Vec::new());
-    };
-    let origin = origin_dir(&mount, origins)?;
-    let parent = parent_dir(&mount, &origin, base)?;
-    Ok(vec![Hier::new(
-        mount,
-        false,
-        origin,
-        parent.clone(),
-        "",
-        PlacementMode::SandboxOnly,
-    )])
+    let mounts = version::v1_systemd_mount()
+        .map(|m| (m, false))
+        .into_iter()
+        .chain(version::cgroup2_mount()?.map(|m| (m, true)));
+    mounts
+        .map(|(mount, v2)| {
+            let origin = origin_dir(&mount, origins)?;
+            let parent = parent_dir(&mount, &origin, base)?;
+            Ok(Hier::new(
+                mount,
+                v2,
+                origin,
+                parent,
+                "",
+                PlacementMode::SandboxOnly,
+            ))
+        })
+        .collect()
 }
 
 /// Moves every task out of the sandbox's cgroups (deepest first) to the
@@ -513,6 +553,15 @@ fn remove_created(hier: &Hier, problems: &mut Vec<CgroupError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn systemd_root_follows_a_containerized_systemd() {
+        assert_eq!(systemd_root("/init.scope"), "");
+        assert_eq!(systemd_root("/"), "");
+        assert_eq!(systemd_root("/machine/ct1/init.scope"), "/machine/ct1");
+        // cpu,cpuacct and the like, where systemd is not in init.scope.
+        assert_eq!(systemd_root("/machine/ct1"), "/machine/ct1");
+    }
 
     #[test]
     fn quotas_convert_to_microseconds_per_period() {
