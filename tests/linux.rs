@@ -202,14 +202,8 @@ fn linux_reference_boot_under_qemu_tcg() {
     let child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on"])
         .args(["-accel", "tcg", "-m", "128", "-smp", "2"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
+        .args(common::QEMU_BARE)
+        .args(["-serial", "stdio"])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")

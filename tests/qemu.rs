@@ -40,20 +40,16 @@ fn test_guest_boots_under_qemu_microvm() {
                 "memory-backend-file,id=ram,size=128M,mem-path={},share=on",
                 ram.display()
             ),
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host,-arch-capabilities",
+        ])
+        .args(common::QEMU_KVM)
+        .args(common::QEMU_BARE)
+        .args([
             "-m",
             "128",
             "-smp",
             "2",
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
             "-serial",
             "stdio",
-            "-no-reboot",
             "-kernel",
             common::test_guest().to_str().unwrap(),
             "-append",
@@ -114,17 +110,9 @@ fn qemu_with_devices(workload: &str, devices: &[&str], netns: Option<&str>) -> S
         "-M",
         "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
     ])
-    .args([
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-m",
-        "128",
-        "-smp",
-        "1",
-    ])
-    .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+    .args(common::QEMU_KVM)
+    .args(["-m", "128", "-smp", "1"])
+    .args(common::QEMU_BARE)
     .args(["-global", "virtio-mmio.force-legacy=false"])
     .arg("-serial")
     .arg(format!("file:{}", com1.display()))

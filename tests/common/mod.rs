@@ -163,3 +163,10 @@ pub fn wait_output_within(
     }
     child.wait_with_output().unwrap()
 }
+
+/// QEMU options every reference run uses: nothing the command line does
+/// not ask for, no display, and exit instead of rebooting.
+pub const QEMU_BARE: [&str; 4] = ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"];
+
+/// QEMU with KVM and the host CPU, minus the feature this KVM refuses.
+pub const QEMU_KVM: [&str; 4] = ["-accel", "kvm", "-cpu", "host,-arch-capabilities"];

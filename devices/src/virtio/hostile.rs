@@ -17,6 +17,8 @@
 //! end of its avail ring for 16-entry queues (harmless for its own tests,
 //! but it would let our avail-ring scribbles land in the used ring).
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,14 +220,31 @@ fn temp_path(name: &str) -> std::path::PathBuf {
 
 /// Runs `rounds` of scribble → process on one queue, resetting the device
 /// (as a driver would) when it asks for it. Returns chains offered.
+/// What [`drive`] does to an activated device: process its queues, and
+/// reset it (getting the queues back).
+type Pumped = (Box<dyn FnMut()>, Box<dyn FnMut() -> Option<Vec<Queue>>>);
+
+/// Activates `dev` with `act`; `process` runs its queue work.
+fn activated<D: VirtioDevice + 'static>(
+    mut dev: D,
+    act: Activation,
+    mut process: impl FnMut(&mut D) + 'static,
+) -> Pumped {
+    dev.activate(act).unwrap();
+    let dev = Rc::new(RefCell::new(dev));
+    let for_reset = Rc::clone(&dev);
+    (
+        Box::new(move || process(&mut dev.borrow_mut())),
+        Box::new(move || for_reset.borrow_mut().reset()),
+    )
+}
+
 fn drive(
     name: &str,
     seed: u64,
     queue_count: usize,
     header: &dyn Fn(&mut Rng) -> Vec<u8>,
-    mut make: impl FnMut() -> Box<
-        dyn FnMut(Activation) -> (Box<dyn FnMut()>, Box<dyn FnMut() -> Option<Vec<Queue>>>),
-    >,
+    mut make: impl FnMut() -> Box<dyn FnMut(Activation) -> Pumped>,
 ) -> u64 {
     let m = mem();
     let mut rng = Rng(seed);
@@ -293,15 +312,7 @@ fn block_survives_hostile_chains() {
     };
     let n = drive("virtio-blk", 0x5eed_0001, 1, &header, || {
         let cfg = cfg.clone();
-        Box::new(move |act| {
-            let dev = Arc::new(std::sync::Mutex::new(Block::new(&cfg).unwrap()));
-            dev.lock().unwrap().activate(act).unwrap();
-            let (d1, d2) = (dev.clone(), dev);
-            (
-                Box::new(move || d1.lock().unwrap().process_queue()),
-                Box::new(move || d2.lock().unwrap().reset()),
-            )
-        })
+        Box::new(move |act| activated(Block::new(&cfg).unwrap(), act, Block::process_queue))
     });
     assert!(n > 1000);
 }
@@ -328,20 +339,12 @@ fn net_survives_hostile_chains() {
             for len in [1usize, 12, 60, 1514, 9000] {
                 let _ = std::io::Write::write(&mut &host, &vec![0xab; len]);
             }
-            let dev = Arc::new(std::sync::Mutex::new(
-                Net::new(Box::new(dev_end), [2, 0, 0, 0, 0, 1]).unwrap(),
-            ));
-            dev.lock().unwrap().activate(act).unwrap();
-            let (d1, d2) = (dev.clone(), dev);
-            (
-                Box::new(move || {
-                    let mut d = d1.lock().unwrap();
-                    d.process_tx();
-                    d.process_rx();
-                    let _ = &host;
-                }),
-                Box::new(move || d2.lock().unwrap().reset()),
-            )
+            let net = Net::new(Box::new(dev_end), [2, 0, 0, 0, 0, 1]).unwrap();
+            activated(net, act, move |d: &mut Net| {
+                d.process_tx();
+                d.process_rx();
+                let _ = &host;
+            })
         })
     });
     assert!(n > 1000);
@@ -385,18 +388,11 @@ fn vsock_survives_hostile_packets() {
                 cid: 3,
                 uds_path: path.clone(),
             };
-            let dev = Arc::new(std::sync::Mutex::new(Vsock::new(&cfg).unwrap()));
-            dev.lock().unwrap().activate(act).unwrap();
-            let (d1, d2) = (dev.clone(), dev);
-            (
-                Box::new(move || {
-                    let mut d = d1.lock().unwrap();
-                    d.process_tx();
-                    d.process_rx();
-                    let _ = d.muxer().take_interest();
-                }),
-                Box::new(move || d2.lock().unwrap().reset()),
-            )
+            activated(Vsock::new(&cfg).unwrap(), act, |d: &mut Vsock| {
+                d.process_tx();
+                d.process_rx();
+                let _ = d.muxer().take_interest();
+            })
         })
     });
     assert!(n > 1000);
