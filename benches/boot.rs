@@ -6,6 +6,9 @@
 //!   guest's boot-timer write, as the VMM's boot timer records it.
 //! - `boot/create_to_teardown`: create → guest power-off → every thread
 //!   joined and every fd closed (`Vmm` dropped).
+//! - `tables/…`: what the boot tables add to every creation, built in
+//!   memory: the MP table, and the ACPI tables (2 vCPUs, 3 virtio devices),
+//!   the share of `creation_to_boot_timer` that ACPI costs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -59,5 +62,24 @@ fn boot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, boot);
+fn tables(c: &mut Criterion) {
+    use corral_vmm::virtio_devices::Slot;
+    use corral_vmm::x86_64::{acpi, mptable};
+    let slots: Vec<Slot> = (0..3)
+        .map(|i| Slot {
+            base: corral_vmm::layout::VIRTIO_MMIO_START + i * 0x1000,
+            irq: 5 + i as u32,
+        })
+        .collect();
+    let mut group = c.benchmark_group("tables");
+    group.bench_function("mptable_2_vcpus", |b| {
+        b.iter(|| mptable::build(2, corral_vmm::layout::EBDA_START).unwrap())
+    });
+    group.bench_function("acpi_2_vcpus_3_devices", |b| {
+        b.iter(|| acpi::build(2, &slots).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, boot, tables);
 criterion_main!(benches);

@@ -35,18 +35,9 @@ case "$variant" in
 esac
 log() { echo "guest-kernel: $*" >&2; }
 
-# Debian packages: the source and what building it needs.
-pkgs=(linux-source bc bison flex libelf-dev libssl-dev xz-utils make gcc patch)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
+# Debian packages: the source and what building it needs (installed under
+# one machine-wide lock: tests build both variants at once).
+bash "$here/../scripts/apt-install" linux-source bc bison flex libelf-dev libssl-dev xz-utils make gcc patch >&2
 tarball=$(ls /usr/src/linux-source-*.tar.xz 2>/dev/null | sort -V | tail -n 1)
 [ -n "$tarball" ] || { log "no /usr/src/linux-source-*.tar.xz after installing linux-source"; exit 1; }
 srcpkg=$(basename "$tarball" .tar.xz)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds Corral's guest initramfs: Debian's busybox-static plus our /init
-# (see files.list for the contents), as a newc cpio archive.
+# Builds Corral's guest initramfs: Debian's busybox-static, our /init and
+# the static guest tools of guest-tools/ (see files.list for the contents),
+# as a newc cpio archive.
 #
 # Usage: rootfs/build.sh [--gzip]
 #
@@ -18,25 +19,35 @@ while [ $# -gt 0 ]; do
     *) echo "rootfs/build.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
-if ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q "ok installed"; then
-  echo "rootfs: installing busybox-static" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends busybox-static >&2
-fi
+repo=$(cd "$here/.." && pwd)
+bash "$repo/scripts/apt-install" busybox-static python3 >&2
 export BUSYBOX=/bin/busybox ROOTFS=$here
 bbver=$(dpkg-query -W -f '${Version}' busybox-static)
-key=$( { echo "busybox-static $bbver gzip=$gzip"; cat "$here/build.sh" "$here/mkcpio.py" "$here/files.list" "$here/init"; } \
+key=$( { echo "busybox-static $bbver gzip=$gzip"; cat "$here/build.sh" "$here/mkcpio.py" "$here/files.list" "$here/init";
+         cat "$repo/Cargo.lock" "$repo/guest-tools/Cargo.toml"; find "$repo/guest-tools/src" -type f | sort | xargs cat; } \
        | sha256sum | cut -c1-16)
 cache=${CORRAL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/corral}/rootfs
 name=initramfs.cpio; [ "$gzip" = yes ] && name=initramfs.cpio.gz
 out=$cache/$key/$name
+# One build at a time (tests may ask concurrently).
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
 if [ -f "$out" ]; then
   echo "rootfs: cached $out" >&2
   echo "$out"
   exit 0
 fi
 mkdir -p "$cache/$key"
+# The guest tools, statically linked (crt-static applies to the target
+# only, hence the explicit --target), in a target directory of their own
+# so that a `cargo test` running this script never waits on its own lock.
+echo "rootfs: building guest-tools (static)" >&2
+env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET -u CARGO_ENCODED_RUSTFLAGS \
+  RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
+  cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p corral-guest-tools \
+  --target x86_64-unknown-linux-gnu --target-dir "$cache/target" >&2
+export GUEST_TOOLS=$cache/target/x86_64-unknown-linux-gnu/release
 tmp=$out.tmp.$$
 python3 "$here/mkcpio.py" "$here/files.list" > "$tmp.cpio"
 if [ "$gzip" = yes ]; then gzip -9n < "$tmp.cpio" > "$tmp"; rm "$tmp.cpio"; else mv "$tmp.cpio" "$tmp"; fi

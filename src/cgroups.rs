@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use corral_runtime::cgroup::{CgroupConfig, PlacementMode, Sandbox};
+use corral_runtime::cgroup::{Blocker, CgroupConfig, CgroupError, Limit, PlacementMode, Sandbox};
 use corral_vmm::Vmm;
 use tracing::info;
 
@@ -15,7 +15,8 @@ use tracing::info;
 pub struct CgroupArgs {
     /// Place the VM's threads in cgroups beneath PATH (OCI cgroupsPath form:
     /// relative to this process's cgroup, /absolute, or slice:prefix:name
-    /// for systemd). Use "" for "right beneath this process's cgroup".
+    /// for systemd). Use "" for "right beneath this process's cgroup" (on
+    /// cgroup v2 with limits, beside it if it holds other processes).
     #[arg(long, value_name = "PATH")]
     pub cgroup_parent: Option<String>,
     /// split: vCPU threads constrained, VMM threads in an unconstrained
@@ -77,7 +78,7 @@ pub fn place(
         .transpose()?;
     config.pin_vcpus = args.pin_vcpus;
     config.disks = disks;
-    let mut sandbox = Sandbox::create(&config).context("cannot create the sandbox cgroups")?;
+    let mut sandbox = Sandbox::create(&config).map_err(|e| create_error(e, args))?;
     let report = sandbox
         .place(&vmm.vcpu_tids(), &vmm.other_tids())
         .context("cannot place the VM's threads in their cgroups")?;
@@ -101,6 +102,36 @@ pub fn place(
         sandbox.driver().kind
     );
     Ok(Some(sandbox))
+}
+
+/// The error of a failed [`Sandbox::create`], in one line; a limit that
+/// cannot be enforced is named by its option, with what to do.
+fn create_error(error: CgroupError, args: &CgroupArgs) -> anyhow::Error {
+    let CgroupError::LimitUnenforceable {
+        limit,
+        cgroup,
+        blocker,
+    } = &error
+    else {
+        return anyhow::Error::new(error).context("cannot create the sandbox cgroups");
+    };
+    let option = match limit {
+        Limit::CpuQuota(cpus) => format!("--cpus-quota {cpus}"),
+        Limit::Memory(bytes) => match args.memory_limit {
+            Some(mib) => format!("--memory-limit {mib}"),
+            None => format!("--memory-limit ({bytes} bytes)"),
+        },
+    };
+    let hint = match blocker {
+        Blocker::Busy { .. } => {
+            "give --cgroup-parent a cgroup that holds no processes (e.g. /corral.slice)"
+        }
+        Blocker::NotOffered { .. } | Blocker::NotMounted => blocker.hint(),
+    };
+    anyhow::anyhow!(
+        "{option}: the {} controller cannot be enabled in {cgroup}, {blocker}; {hint}",
+        limit.controller()
+    )
 }
 
 /// Logs CPU time and memory of the sandbox, then removes its cgroups.

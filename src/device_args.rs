@@ -3,25 +3,32 @@
 
 use std::path::PathBuf;
 
-use corral_vmm::{DiskConfig, NetConfig, VsockConfig};
+use corral_vmm::{DiskCache, DiskConfig, NetConfig, VsockConfig};
 
-/// `PATH[,ro][,serial=SERIAL]`.
+/// `PATH[,ro][,serial=SERIAL][,cache=writeback|unsafe]`.
 pub fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
     let mut parts = arg.split(',');
-    let path = parts
-        .next()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| format!("--disk {arg:?}: expected PATH[,ro][,serial=SERIAL]"))?;
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
+        format!("--disk {arg:?}: expected PATH[,ro][,serial=SERIAL][,cache=writeback|unsafe]")
+    })?;
     let mut disk = DiskConfig {
         path: PathBuf::from(path),
         read_only: false,
         serial: None,
+        cache: DiskCache::Writeback,
     };
     for opt in parts {
         match opt.split_once('=') {
             None if opt == "ro" => disk.read_only = true,
             None if opt == "rw" => disk.read_only = false,
             Some(("serial", s)) if s.len() <= 20 => disk.serial = Some(s.to_string()),
+            Some(("cache", "writeback")) => disk.cache = DiskCache::Writeback,
+            Some(("cache", "unsafe")) => disk.cache = DiskCache::Unsafe,
+            Some(("cache", c)) => {
+                return Err(format!(
+                    "--disk {arg:?}: cache {c:?} is not writeback or unsafe"
+                ))
+            }
             Some(("serial", s)) => {
                 return Err(format!(
                     "--disk {arg:?}: serial {s:?} is longer than 20 bytes"
@@ -29,7 +36,7 @@ pub fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
             }
             _ => {
                 return Err(format!(
-                    "--disk {arg:?}: unknown option {opt:?} (ro, rw, serial=…)"
+                    "--disk {arg:?}: unknown option {opt:?} (ro, rw, serial=…, cache=…)"
                 ))
             }
         }

@@ -67,7 +67,7 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     console_file: Option<PathBuf>,
     /// Attach a virtio-blk disk backed by a raw file (repeatable).
-    #[arg(long = "disk", value_name = "PATH[,ro][,serial=S]", value_parser = device_args::parse_disk)]
+    #[arg(long = "disk", value_name = "PATH[,ro][,serial=S][,cache=writeback|unsafe]", value_parser = device_args::parse_disk)]
     disks: Vec<corral_vmm::DiskConfig>,
     /// Attach a virtio-net interface on a host tap (repeatable).
     #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = device_args::parse_net)]

@@ -1,11 +1,14 @@
 //! A real Linux guest: the kernel `guest-kernel/build.sh` builds and the
 //! initramfs `rootfs/build.sh` builds, booted by Corral.
 //!
-//! On hardware KVM the guest must reach the initramfs's ready marker and
-//! power off cleanly. On the PVM development hosts a Linux guest runs ~100×
-//! slower and cannot enter user space (its first syscall fails), so there
-//! the test boots the `pvm-ci` kernel variant with the PVM command-line
-//! workarounds and stops at `Run /init`, within a bound.
+//! On real KVM the guest must reach the initramfs's ready marker and power
+//! off cleanly (ACPI S5). On the PVM development hosts a Linux guest runs
+//! ~100× slower and cannot enter user space (its first syscall fails), so
+//! there the test boots the `pvm-ci` kernel variant with the PVM
+//! command-line workarounds and stops at `Run /init`, within a bound; and
+//! `lane_runs_the_boot_tests_on_real_kvm` runs the same boot tests again in
+//! the nested-KVM lane (`support/nested`), where KVM is real, so the
+//! real-KVM branches run on every CI machine.
 //!
 //! Also here: the same kernel and initramfs under QEMU TCG (no KVM) to the
 //! ready marker, to tell a Corral failure from a kernel or initramfs one;
@@ -14,6 +17,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/nested/mod.rs"]
+mod nested;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,6 +112,7 @@ fn linux_boots_under_corral() {
             path: disk,
             read_only: false,
             serial: Some("linux-test".into()),
+            cache: Default::default(),
         }],
         // A tap that does not exist yet is created for the VM's lifetime.
         nets: vec![NetConfig {
@@ -140,12 +146,12 @@ fn linux_boots_under_corral() {
         );
     } else {
         assert!(
-            console.wait_for(READY, Duration::from_secs(120)),
+            console.wait_for(READY, Duration::from_secs(600)),
             "{}",
             console.text()
         );
         devices = vmm.virtio_devices();
-        let exit = vmm.wait_timeout(Some(Duration::from_secs(120)));
+        let exit = vmm.wait_timeout(Some(Duration::from_secs(300)));
         assert_eq!(exit, Some(VmExit::PowerOff), "console:\n{}", console.text());
         assert!(console.text().contains(READY), "{}", console.text());
     }
@@ -208,10 +214,7 @@ fn linux_reference_boot_under_qemu_tcg() {
         .arg(&kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args([
-            "-append",
-            "console=ttyS0 reboot=k panic=1 corral.poweroff=0xfea00200",
-        ])
+        .args(["-append", "console=ttyS0 reboot=k panic=1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -322,7 +325,7 @@ fn linux_bzimage_boots_through_the_64bit_protocol() {
             console.text()
         );
     } else {
-        let exit = vmm.wait_timeout(Some(Duration::from_secs(120)));
+        let exit = vmm.wait_timeout(Some(Duration::from_secs(600)));
         assert_eq!(exit, Some(VmExit::PowerOff), "{}", console.text());
         assert!(console.text().contains(READY), "{}", console.text());
     }
@@ -331,5 +334,29 @@ fn linux_bzimage_boots_through_the_64bit_protocol() {
     eprintln!(
         "bzImage: kernel banner after {:.1} s wall",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// The boot tests above, again on real KVM: in the nested lane's L1, where
+/// they take their real-KVM branches (user space, 2 vCPUs brought up, ACPI
+/// power-off). On this machine they took the PVM branches.
+#[test]
+fn lane_runs_the_boot_tests_on_real_kvm() {
+    let console = nested::run_own_tests_in_l1(
+        "lane_runs_the_boot_tests_on_real_kvm",
+        &[
+            "--exact",
+            "linux_boots_under_corral",
+            "linux_bzimage_boots_through_the_64bit_protocol",
+        ],
+        Duration::from_secs(1800),
+    );
+    assert!(
+        console.contains("test result: ok. 2 passed"),
+        "both boot tests must have run in L1:\n{console}"
+    );
+    assert!(
+        console.contains("KVM on this host: hardware virtualization"),
+        "L1's KVM is not the real one:\n{console}"
     );
 }

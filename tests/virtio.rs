@@ -49,11 +49,13 @@ fn blk_pattern_flush_get_id_and_read_only() {
             path: rw.clone(),
             read_only: false,
             serial: Some("data-disk".into()),
+            cache: Default::default(),
         },
         DiskConfig {
             path: ro.clone(),
             read_only: true,
             serial: None,
+            cache: Default::default(),
         },
     ];
     let mut vmm = Vmm::boot(config).unwrap();

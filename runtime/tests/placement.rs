@@ -5,6 +5,11 @@
 //! this test process stand in for the VMM's: "vcpu0", "vcpu1", … for vCPUs
 //! and "vmm-io" for a worker. Tests move the whole process, so they hold
 //! one lock.
+//!
+//! The `v2_` tests run here (on this machine's controller-less cgroup2) and
+//! again, with the `pure_v2_` tests of `placement/pure_v2.rs`, inside the
+//! nested lane's L1, a pure cgroup v2 host laid out as systemd does:
+//! [`lane_pure_cgroup_v2`] runs them there.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,9 +22,37 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use corral_runtime::cgroup::{
-    CgroupConfig, CgroupError, CgroupVersion, CpuStatSource, DeviceKind, DeviceRule, DriverKind,
-    HierarchyPaths, PinDecision, PlacementMode, Sandbox,
+    Blocker, CgroupConfig, CgroupError, CgroupVersion, CpuStatSource, DeviceKind, DeviceRule,
+    DriverKind, HierarchyPaths, PinDecision, PlacementMode, Sandbox,
 };
+
+#[path = "../../tests/support/nested/mod.rs"]
+mod nested;
+#[path = "placement/pure_v2.rs"]
+mod pure_v2;
+#[path = "placement/v2.rs"]
+mod v2;
+
+use v2::{unified, v2_cgroup_of_self};
+
+/// Runs this file's cgroup v2 tests (`v2_…`, `pure_v2_…`) inside the nested
+/// lane's L1, a pure cgroup v2 host (`tests/support/nested/init.sh`).
+#[test]
+fn lane_pure_cgroup_v2() {
+    let console = nested::run_own_tests_in_l1(
+        "lane_pure_cgroup_v2",
+        &["pure_v2_", "v2_split_", "v2_sandbox_only_", "v2_devices_"],
+        Duration::from_secs(1200),
+    );
+    // What the tests printed in L1, from libtest's "running N tests" on.
+    let tests = console
+        .lines()
+        .skip_while(|l| !l.starts_with("running "))
+        .take_while(|l| !l.starts_with("corral-l1: status="));
+    for line in tests {
+        eprintln!("L1: {line}");
+    }
+}
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -31,6 +64,7 @@ fn lock() -> MutexGuard<'static, ()> {
 
 enum Cmd {
     Spin(Duration, Sender<()>),
+    Open(PathBuf, Sender<std::io::Result<()>>),
     Exit,
 }
 
@@ -59,6 +93,10 @@ impl FakeThread {
                             }
                             done.send(()).unwrap();
                         }
+                        Cmd::Open(path, done) => {
+                            let opened = fs::OpenOptions::new().read(true).write(true).open(&path);
+                            done.send(opened.map(drop)).unwrap();
+                        }
                         Cmd::Exit => break,
                     }
                 }
@@ -76,6 +114,17 @@ impl FakeThread {
         let (done_tx, done_rx) = mpsc::channel();
         self.tx.send(Cmd::Spin(duration, done_tx)).unwrap();
         done_rx.recv().unwrap();
+    }
+}
+
+impl FakeThread {
+    /// Opens `path` read-write from this thread.
+    fn open(&self, path: &Path) -> std::io::Result<()> {
+        let (done_tx, done_rx) = mpsc::channel();
+        self.tx
+            .send(Cmd::Open(path.to_path_buf(), done_tx))
+            .unwrap();
+        done_rx.recv().unwrap()
     }
 }
 
@@ -653,129 +702,6 @@ fn systemd_form_without_systemd_falls_back_to_cgroupfs() {
         );
         assert_others_listed(&h.overhead.as_ref().unwrap().join("tasks"), &[vcpu.tid]);
     }
-    let created = all_created(&sandbox);
-    sandbox.teardown().unwrap();
-    assert_clean(&created, &origin);
-}
-
-// ---------------------------------------------------------------- v2
-
-fn unified(sandbox: &Sandbox) -> HierarchyPaths {
-    let paths = sandbox.paths();
-    assert_eq!(paths.version, CgroupVersion::V2);
-    assert_eq!(paths.hierarchies.len(), 1);
-    paths.hierarchies[0].clone()
-}
-
-fn v2_cgroup_of_self() -> String {
-    self_cgroups()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap()
-        .to_string()
-}
-
-#[test]
-fn v2_split_uses_threaded_children_of_a_domain() {
-    let _guard = lock();
-    require_v2();
-    let origin = self_cgroups();
-    let vcpus = [FakeThread::spawn("vcpu0"), FakeThread::spawn("vcpu1")];
-    let io = FakeThread::spawn("vmm-io");
-    let vcpu_tids: Vec<i32> = vcpus.iter().map(|t| t.tid).collect();
-
-    let mut cfg = config("v2split", CgroupVersion::V2, PlacementMode::Split);
-    cfg.cpu_quota = Some(1.0);
-    cfg.memory_limit = Some(256 << 20);
-    let mut sandbox = Sandbox::create(&cfg).unwrap();
-    let report = sandbox.place(&vcpu_tids, &[io.tid]).unwrap();
-    eprintln!(
-        "v2 split: per-vCPU placement {:?} us, process move {:?} us, whole call {} us, \
-         warnings {:?}",
-        report.vcpu_latencies_us(),
-        report.process_move_us,
-        report.total_us,
-        report.warnings
-    );
-    let h = unified(&sandbox);
-    let domain = h.domain.clone().unwrap();
-    let overhead = h.overhead.clone().unwrap();
-    assert!(domain.starts_with(&h.origin));
-    assert_eq!(read(&domain.join("cgroup.type")), "domain threaded");
-    assert_eq!(read(&h.sandbox.join("cgroup.type")), "threaded");
-    assert_eq!(read(&overhead.join("cgroup.type")), "threaded");
-    assert!(read_ids(&domain.join("cgroup.procs")).contains(&(std::process::id() as i32)));
-    assert_eq!(
-        read_ids(&h.sandbox.join("cgroup.threads")),
-        vcpu_tids.iter().copied().collect()
-    );
-    assert_others_listed(&overhead.join("cgroup.threads"), &vcpu_tids);
-    assert!(report.process_move_us.is_some());
-
-    // Limits whose controller is missing are skipped with a warning.
-    let offered = read(&h.parent.join("cgroup.controllers"));
-    if offered.split_whitespace().any(|c| c == "cpu") {
-        assert_eq!(read(&h.sandbox.join("cpu.max")), "100000 100000");
-    } else {
-        assert!(
-            report.warnings.iter().any(|w| w.contains("CPU quota")),
-            "{report:?}"
-        );
-    }
-    if !offered.split_whitespace().any(|c| c == "memory") {
-        assert!(
-            report.warnings.iter().any(|w| w.contains("memory limit")),
-            "{report:?}"
-        );
-    }
-
-    // Re-run: the process is not moved again, threads stay placed.
-    let again = sandbox.place(&vcpu_tids, &[io.tid]).unwrap();
-    assert_eq!(again.process_move_us, None);
-    assert_eq!(
-        read_ids(&h.sandbox.join("cgroup.threads")),
-        vcpu_tids.iter().copied().collect()
-    );
-    assert_others_listed(&overhead.join("cgroup.threads"), &vcpu_tids);
-
-    vcpus[0].spin(Duration::from_millis(60));
-    let stats = sandbox.stats().unwrap();
-    assert_eq!(stats.cpu_source, CpuStatSource::CpuStat);
-    assert!(stats.vcpu_cpu_usec >= 20_000, "{stats:?}");
-
-    let created = all_created(&sandbox);
-    sandbox.teardown().unwrap();
-    assert_clean(&created, &origin);
-}
-
-#[test]
-fn v2_sandbox_only_places_the_process_in_the_domain() {
-    let _guard = lock();
-    require_v2();
-    let origin = self_cgroups();
-    let before = v2_cgroup_of_self();
-    let vcpu = FakeThread::spawn("vcpu0");
-    let mut sandbox = Sandbox::create(&config(
-        "v2only",
-        CgroupVersion::V2,
-        PlacementMode::SandboxOnly,
-    ))
-    .unwrap();
-    sandbox.place(&[vcpu.tid], &[]).unwrap();
-    let h = unified(&sandbox);
-    assert_eq!(h.domain.as_ref(), Some(&h.sandbox));
-    assert_eq!(h.overhead, None);
-    assert_eq!(read(&h.sandbox.join("cgroup.type")), "domain");
-    assert!(read_ids(&h.sandbox.join("cgroup.procs")).contains(&(std::process::id() as i32)));
-    let listed = read_ids(&h.sandbox.join("cgroup.threads"));
-    for tid in threads() {
-        assert!(
-            listed.contains(&tid) || !thread_alive(tid),
-            "thread {tid} not placed"
-        );
-    }
-    assert_ne!(v2_cgroup_of_self(), before);
-
     let created = all_created(&sandbox);
     sandbox.teardown().unwrap();
     assert_clean(&created, &origin);

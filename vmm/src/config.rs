@@ -12,21 +12,19 @@ use thiserror::Error;
 
 use crate::console::ConsoleConfig;
 use crate::layout::CMDLINE_MAX_SIZE;
-pub use corral_devices::virtio::block::DiskConfig;
+pub use corral_devices::virtio::block::{DiskCache, DiskConfig};
 pub use corral_devices::virtio::net::NetConfig;
 pub use corral_devices::virtio::vsock::VsockConfig;
 
 /// Smallest guest memory: the boot structures, a kernel at 1 MiB and room to run.
 pub const MIN_MEMORY_MIB: u64 = 8;
 /// Command line used when the caller gives none, suited to a micro-VM:
-/// console on COM1; a reboot request (which ends the VM) through the i8042,
-/// and one second after a panic; no probing of hardware a micro-VM lacks
-/// (PCI, a second UART, PS/2 extras); and `corral.poweroff=`, the MMIO
-/// address of the ACPI sleep-control register, for guests without ACPI
-/// (Corral's initramfs powers off through it).
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd corral.poweroff=0xd0002000";
+/// console on COM1; a reboot request (which ends the VM) through the FADT's
+/// reset register (Linux falls back to the i8042 without ACPI), and one
+/// second after a panic; no probing of hardware a micro-VM lacks (PCI, a
+/// second UART, PS/2 extras). Power-off is ACPI S5 through the FADT.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=a panic=1 pci=off nomodule \
+     8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// A VM to build.
 #[derive(Debug)]
@@ -245,12 +243,12 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         config().validate().unwrap();
-        let poweroff = format!(
-            "corral.poweroff={:#x}",
-            crate::layout::POWER_REGISTERS_START
-        );
+        // Reboot through the FADT's reset register; no Corral-specific
+        // power-off parameter (ACPI S5 is the way).
+        let words: Vec<&str> = DEFAULT_CMDLINE.split_whitespace().collect();
+        assert!(words.contains(&"reboot=a"), "{DEFAULT_CMDLINE}");
         assert!(
-            DEFAULT_CMDLINE.split(' ').any(|w| w == poweroff),
+            !words.iter().any(|w| w.starts_with("corral.")),
             "{DEFAULT_CMDLINE}"
         );
     }

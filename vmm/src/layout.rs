@@ -7,6 +7,8 @@
 //! 0x0000_9000  identity page tables for 64-bit Linux boot (PML4, PDPT, PD)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP table (EBDA; reserved in the e820 map up to 1 MiB)
+//! 0x000e_0000  ACPI tables (reserved, as above): the RSDP first, where Linux
+//!              scans for it, then DSDT, MADT, FADT and XSDT (a few KiB)
 //! 0x0010_0000  kernel (ELF segments at their physical addresses, or bzImage)
 //!   ...        initrd, at the top of RAM below the MMIO gap
 //! 0xc000_0000  MMIO gap (1 GiB): no RAM here
@@ -49,6 +51,12 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the EBDA, where the MP table goes; reserved from here to 1 MiB.
 pub const EBDA_START: u64 = 0x9fc00;
+/// Start of the ACPI tables, the RSDP first: the BIOS area (0xe0000 to
+/// 1 MiB) that Linux scans for the RSDP, inside the e820 range reserved from
+/// [`EBDA_START`], well above the largest MP table.
+pub const ACPI_START: u64 = 0xe_0000;
+/// End (exclusive) of the room for the ACPI tables.
+pub const ACPI_END: u64 = HIGH_MEMORY_START;
 /// Start of memory above the legacy 1 MiB.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap.
@@ -118,7 +126,8 @@ mod tests {
             (ZERO_PAGE_START, ZERO_PAGE_START + 0x1000),
             (PML4_START, PDE_START + 0x1000),
             (CMDLINE_START, CMDLINE_START + CMDLINE_MAX_SIZE as u64),
-            (EBDA_START, HIGH_MEMORY_START),
+            (EBDA_START, ACPI_START),
+            (ACPI_START, ACPI_END),
         ];
         areas.sort();
         for pair in areas.windows(2) {

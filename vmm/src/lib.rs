@@ -13,7 +13,8 @@
 //! - [`layout`]: the guest-physical memory map.
 //! - [`memory`], [`vm`]: guest RAM and the KVM VM with its irqchip and PIT.
 //! - [`loader`], [`x86_64`]: kernel/initrd/cmdline loading, boot parameters
-//!   (PVH, zero page, e820), the MP table, CPUID, MSRs, boot registers.
+//!   (PVH, zero page, e820), the MP table, the ACPI tables, CPUID, MSRs,
+//!   boot registers.
 //! - [`vcpu`]: vCPU set-up, the run loop and the kick that stops it.
 //! - `platform`: the fixed devices and the buses vCPU exits go through.
 //! - `io_thread`, [`console`]: the device I/O event loop and console ends.
@@ -37,7 +38,9 @@ pub mod vm;
 mod vmm;
 pub mod x86_64;
 
-pub use config::{DiskConfig, NetConfig, VmConfig, VmConfigError, VsockConfig, DEFAULT_CMDLINE};
+pub use config::{
+    DiskCache, DiskConfig, NetConfig, VmConfig, VmConfigError, VsockConfig, DEFAULT_CMDLINE,
+};
 pub use console::{ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput};
 pub use exit::{ShutdownHandle, VmExit};
 pub use threads::Tid;

@@ -2,7 +2,8 @@
 //! for its interrupt, an ioeventfd per queue on QueueNotify (so a guest
 //! notification wakes the device's worker without leaving the kernel), a
 //! worker thread of its own, and a `virtio_mmio.device=` entry on the
-//! kernel command line so Linux (and the test guest) can find it.
+//! kernel command line so Linux (and the test guest) can find it; a Linux
+//! with ACPI finds it in the DSDT instead (`x86_64::acpi`).
 //!
 //! Slot order is the configuration's: disks, then network interfaces, then
 //! vsock.
@@ -239,6 +240,7 @@ mod tests {
                 path: "/a".into(),
                 read_only: false,
                 serial: None,
+                cache: Default::default(),
             };
             2
         ];

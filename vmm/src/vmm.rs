@@ -29,6 +29,7 @@ use crate::vcpu::run::{vcpu_thread, VcpuContext};
 use crate::vcpu::{create_vcpus, kick, StartGate, VcpuError};
 use crate::virtio_devices::{self, AttachedDevices, DeviceError, Slot, VirtioDeviceInfo};
 use crate::vm::{Vm, VmError};
+use crate::x86_64::acpi::{setup_acpi, AcpiError};
 use crate::x86_64::boot_params::{write_pvh, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MpTableError, MAX_MPTABLE_VCPUS};
 
@@ -50,6 +51,9 @@ pub enum VmmError {
     /// The MP table could not be written.
     #[error(transparent)]
     MpTable(#[from] MpTableError),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     /// Platform devices could not be set up.
     #[error(transparent)]
     Platform(#[from] PlatformError),
@@ -139,13 +143,14 @@ impl Vmm {
         let slots = virtio_devices::slots(&config)?;
         let cmdline = guest_cmdline(&config.cmdline, &slots);
         let cmdline_len = load_cmdline(vm.memory(), &kernel, &cmdline)?;
+        setup_mptable(vm.memory(), config.vcpus)?;
+        let rsdp = setup_acpi(vm.memory(), config.vcpus, &slots)?;
         match kernel.protocol {
-            BootProtocol::Pvh { .. } => write_pvh(vm.memory(), mem_size, initrd)?,
+            BootProtocol::Pvh { .. } => write_pvh(vm.memory(), mem_size, initrd, rsdp)?,
             BootProtocol::Linux64 { header, .. } => {
-                write_zero_page(vm.memory(), mem_size, header, cmdline_len, initrd)?
+                write_zero_page(vm.memory(), mem_size, header, cmdline_len, initrd, rsdp)?
             }
         }
-        setup_mptable(vm.memory(), config.vcpus)?;
 
         let exit = Arc::new(ExitState::new().map_err(|e| VmmError::Thread("exit event", e))?);
         let boot_time = BootTime::default();

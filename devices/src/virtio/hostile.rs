@@ -296,6 +296,7 @@ fn block_survives_hostile_chains() {
         path,
         read_only: false,
         serial: Some("fuzz".into()),
+        cache: Default::default(),
     };
     let header = |rng: &mut Rng| {
         let mut h = Vec::new();
@@ -408,6 +409,7 @@ fn transport_survives_hostile_register_traffic() {
             path,
             read_only: false,
             serial: None,
+            cache: Default::default(),
         })
         .unwrap(),
     ));

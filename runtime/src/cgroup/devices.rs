@@ -1,4 +1,5 @@
-//! Device access rules for the v1 devices controller.
+//! Device access rules: the v1 devices controller (here) and, on v2, the
+//! same rules as an eBPF program (`devfilter`).
 //!
 //! The sandbox cgroup gets the configured rules (e.g. a deny-all followed by
 //! the containers' devices), and then — in both the sandbox and the overhead
@@ -8,8 +9,8 @@
 //! written last so no configured rule can take them away. Rules are written
 //! with cgroups-rs's `DevicesController` before any thread joins the cgroup.
 //!
-//! cgroup v2 has no devices files (device access is an eBPF program there);
-//! configured rules are skipped with a warning on v2.
+//! cgroup v2 has no devices files: there `devfilter` turns the same rules,
+//! in the same order, into an eBPF device program.
 
 use std::fmt;
 use std::fs;

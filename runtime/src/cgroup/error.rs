@@ -4,10 +4,87 @@
 //! the number written — and keeps the underlying cause as `#[source]`, so a
 //! log line built from the error chain says what failed *and* why.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
 use super::version::CgroupVersion;
+
+/// A limit the sandbox was asked to enforce.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    /// A CPU quota, in CPUs.
+    CpuQuota(f64),
+    /// A memory limit, in bytes.
+    Memory(u64),
+}
+
+impl Limit {
+    /// The controller that enforces it (the same name on v1 and v2).
+    pub fn controller(&self) -> &'static str {
+        match self {
+            Limit::CpuQuota(_) => "cpu",
+            Limit::Memory(_) => "memory",
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::CpuQuota(cpus) => write!(f, "CPU quota {cpus} CPUs"),
+            Limit::Memory(bytes) => write!(f, "memory limit {bytes} bytes"),
+        }
+    }
+}
+
+/// Why a limit's controller cannot be had where the sandbox is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocker {
+    /// A non-root cgroup on the way holds processes other than this one, so
+    /// it cannot pass controllers on (cgroup v2's no-internal-process rule).
+    Busy {
+        /// Those processes.
+        pids: Vec<i32>,
+    },
+    /// The cgroup2 hierarchy does not offer the controller at all (on a
+    /// hybrid host it belongs to a v1 hierarchy).
+    NotOffered {
+        /// What its root's `cgroup.controllers` lists.
+        offered: String,
+    },
+    /// No mounted cgroup v1 hierarchy carries the controller.
+    NotMounted,
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocker::Busy { pids } => {
+                let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
+                write!(f, "which holds other processes ({})", pids.join(", "))
+            }
+            Blocker::NotOffered { offered } => write!(
+                f,
+                "whose hierarchy does not offer it (its root's cgroup.controllers: {offered:?})"
+            ),
+            Blocker::NotMounted => f.write_str("as no cgroup v1 hierarchy carries it"),
+        }
+    }
+}
+
+impl Blocker {
+    /// What the user can do about it, for the library's callers.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Blocker::Busy { .. } => "give a parent cgroup that holds no processes",
+            Blocker::NotOffered { .. } => {
+                "use cgroup v1 here, or a host whose cgroup2 hierarchy offers it"
+            }
+            Blocker::NotMounted => "mount its v1 hierarchy",
+        }
+    }
+}
 
 /// Errors of cgroup creation, thread placement, statistics and teardown.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +121,64 @@ pub enum CgroupError {
     InvalidMemoryLimit {
         /// The limit as given, in bytes.
         value: u64,
+    },
+
+    /// A requested limit cannot be enforced: its controller cannot be
+    /// enabled for the sandbox's cgroups. Never dropped with a warning.
+    #[error("{limit}: the {} controller cannot be enabled in {cgroup}, {blocker}; {}", limit.controller(), blocker.hint())]
+    LimitUnenforceable {
+        /// The limit asked for.
+        limit: Limit,
+        /// The cgroup in the way, as `/proc/<pid>/cgroup` spells it (the
+        /// hierarchy's root for [`Blocker::NotOffered`], `cgroup v1` for
+        /// [`Blocker::NotMounted`]).
+        cgroup: String,
+        /// Why.
+        blocker: Blocker,
+    },
+
+    /// Writing `+controller` to a `cgroup.subtree_control` failed.
+    #[error("{limit}: cannot enable the {} controller in {}/cgroup.subtree_control", limit.controller(), dir.display())]
+    EnableController {
+        /// The limit that needs it.
+        limit: Limit,
+        /// The cgroup directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Writing `-controller` to a `cgroup.subtree_control` failed (teardown,
+    /// restoring the cgroup the process returns to).
+    #[error("cannot disable the {controller} controller in {}/cgroup.subtree_control", dir.display())]
+    DisableController {
+        /// The controller.
+        controller: &'static str,
+        /// The cgroup directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
+    /// cgroup v2 device rules: the eBPF device program could not be loaded
+    /// or attached.
+    #[error(
+        "cannot {op} the eBPF program enforcing the device rules of {} (cgroup v2 device rules \
+         need CAP_BPF and CAP_SYS_ADMIN, and a kernel with CONFIG_CGROUP_BPF)",
+        dir.display()
+    )]
+    DeviceProgram {
+        /// `load` or `attach`.
+        op: &'static str,
+        /// The cgroup it is for.
+        dir: PathBuf,
+        /// The verifier's log when loading failed (empty otherwise).
+        verifier: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
 
     /// A device rule that the devices controller would reject.

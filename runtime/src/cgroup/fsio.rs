@@ -10,9 +10,10 @@
 //!   sub-directories, which could remove cgroups Corral did not create.
 //! * Reading single values: cgroups-rs's stat getters map read errors to 0,
 //!   which would hide a missing cgroup behind a plausible number.
-//! * Writing `cgroup.subtree_control`: cgroups-rs's `enable_controllers` is
-//!   private, ignores errors and reads `cgroup.controllers` from a fixed
-//!   `/sys/fs/cgroup`.
+//!
+//! (`cgroup.subtree_control` is written in [`super::unified`]: cgroups-rs's
+//! `enable_controllers` is private, ignores errors and reads
+//! `cgroup.controllers` from a fixed `/sys/fs/cgroup`.)
 
 use std::fs;
 use std::io;
@@ -53,15 +54,6 @@ pub(crate) fn read_keyed_u64(path: &Path, key: &str) -> Result<u64, CgroupError>
             path: path.to_path_buf(),
             detail: format!("no numeric {key:?} line"),
         })
-}
-
-/// Writes `value` to an interface file.
-pub(crate) fn write_value(path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs::write(path, value).map_err(|source| CgroupError::Write {
-        path: path.to_path_buf(),
-        value: value.to_string(),
-        source,
-    })
 }
 
 /// Creates every missing directory from the deepest existing ancestor of
@@ -152,22 +144,6 @@ pub(crate) fn remove_dir(dir: &Path, tolerate_in_use: bool) -> Result<Removal, C
             source,
         }),
     }
-}
-
-/// Enables `controller` for the children of `dir` (cgroup2). Returns
-/// `Ok(false)` when `dir` does not offer it.
-pub(crate) fn enable_controller(dir: &Path, controller: &str) -> Result<bool, CgroupError> {
-    let offered = read_trimmed(&dir.join("cgroup.controllers"))?;
-    if !offered.split_whitespace().any(|c| c == controller) {
-        return Ok(false);
-    }
-    let subtree = dir.join("cgroup.subtree_control");
-    let enabled = read_trimmed(&subtree)?;
-    if enabled.split_whitespace().any(|c| c == controller) {
-        return Ok(true);
-    }
-    write_value(&subtree, &format!("+{controller}"))?;
-    Ok(true)
 }
 
 #[cfg(test)]

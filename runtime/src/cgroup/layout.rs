@@ -13,7 +13,8 @@
 //! Each directory is recorded as it is made: `own` for the sandbox's
 //! private cgroups, `shared` for missing ancestors it had to create (parts
 //! of `P`, `corral_overhead`), which other sandboxes may share and which
-//! teardown removes only when empty.
+//! teardown removes only when empty. v1 cgroups are created here; v2 ones,
+//! with the controllers their limits need, in [`super::unified`].
 
 use std::path::{Path, PathBuf};
 
@@ -27,13 +28,12 @@ use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::systemd::SystemdController;
 use cgroups_rs::fs::{Controller, Controllers, Subsystem};
-use cgroups_rs::CgroupPid;
 
 use super::devices::{self, DeviceRule};
-use super::error::CgroupError;
+use super::error::{CgroupError, Limit};
 use super::fsio;
 use super::path::{OVERHEAD_ROOT, V2_OVERHEAD, V2_VCPU};
-use super::procfs;
+use super::unified;
 use super::version::Mount;
 use super::PlacementMode;
 
@@ -62,6 +62,9 @@ pub struct HierarchyPaths {
     pub domain: Option<PathBuf>,
     /// Every directory this sandbox created, shared ancestors included.
     pub created: Vec<PathBuf>,
+    /// v2: every controller Corral enabled for the sandbox, with the cgroup
+    /// in whose `cgroup.subtree_control` it did so.
+    pub enabled: Vec<(PathBuf, String)>,
 }
 
 /// Internal state of one hierarchy.
@@ -81,6 +84,9 @@ pub(crate) struct Hier {
     /// Directories to empty at teardown besides `own`/`shared` (a systemd
     /// scope, which systemd created but moved the process into).
     pub(crate) drain_extra: Vec<PathBuf>,
+    /// v2: every `(cgroup, controller)` Corral enabled in a
+    /// `cgroup.subtree_control`, in order.
+    pub(crate) enabled: Vec<(PathBuf, &'static str)>,
 }
 
 impl Hier {
@@ -119,6 +125,7 @@ impl Hier {
             own: Vec::new(),
             shared: Vec::new(),
             drain_extra: Vec::new(),
+            enabled: Vec::new(),
         }
     }
 
@@ -135,6 +142,11 @@ impl Hier {
             overhead: self.overhead.clone(),
             domain: self.domain.clone(),
             created,
+            enabled: self
+                .enabled
+                .iter()
+                .map(|(dir, c)| (dir.clone(), (*c).to_string()))
+                .collect(),
         }
     }
 
@@ -174,14 +186,7 @@ impl Hier {
     /// The cgroup path of `dir` relative to the hierarchy root, as
     /// `/proc/<pid>/cgroup` spells it.
     pub(crate) fn cgroup_path_of(&self, dir: &Path) -> String {
-        let rel = dir.strip_prefix(&self.mount.mount_point).unwrap_or(dir);
-        let full = self.mount.mount_root.join(rel);
-        let text = full.to_string_lossy();
-        if text.starts_with('/') {
-            text.into_owned()
-        } else {
-            format!("/{text}")
-        }
+        unified::cgroup_path(&self.mount, dir)
     }
 
     /// Creates this hierarchy's v1 cgroups and writes device rules.
@@ -250,116 +255,41 @@ impl Hier {
         Ok(())
     }
 
-    /// Creates the v2 domain (and, in Split mode, its threaded children),
-    /// enabling the controllers the limits need where they are offered.
-    /// Returns warnings for the controllers that are not.
-    pub(crate) fn create_v2(
-        &mut self,
-        pid: i32,
-        want_cpu: bool,
-        want_memory: bool,
-    ) -> Result<Vec<String>, CgroupError> {
-        let mut warnings = Vec::new();
-        let mount_point = self.mount.mount_point.clone();
-        let domain = self.domain.clone().unwrap_or_else(|| self.sandbox.clone());
-        fsio::ensure_dirs(&mount_point, &self.parent, &mut self.shared)?;
-        fsio::create_new_dir(&domain)?;
-        self.own.push(domain.clone());
-
-        // Domain controllers (memory) must be enabled in the parent for the
-        // domain; cpu too, so the domain can pass it on to `vcpu`.
-        let mut wanted = Vec::new();
-        if want_cpu {
-            wanted.push("cpu");
+    /// The file a limit is written to in this hierarchy, if it carries the
+    /// limit's controller (v2: always; the file exists once the controller
+    /// is enabled).
+    pub(crate) fn limit_file(&self, limit: Limit) -> Option<PathBuf> {
+        let (controller, dir, v1_file, v2_file) = match limit {
+            Limit::CpuQuota(_) => (
+                Controllers::Cpu,
+                &self.sandbox,
+                "cpu.cfs_quota_us",
+                "cpu.max",
+            ),
+            Limit::Memory(_) => (
+                Controllers::Mem,
+                &self.memory_cgroup(),
+                "memory.limit_in_bytes",
+                "memory.max",
+            ),
+        };
+        if self.v2 {
+            Some(dir.join(v2_file))
+        } else if self.has(&controller) {
+            Some(dir.join(v1_file))
+        } else {
+            None
         }
-        if want_memory {
-            wanted.push("memory");
-        }
-        if self.must_vacate_parent(pid, &wanted)? {
-            // No-internal-process rule: a non-root cgroup holding processes
-            // cannot enable controllers for its children. When the process
-            // itself sits in the parent (the default layout, or a systemd
-            // scope), it moves into its domain first.
-            self.handle(&domain)
-                .to_controller()
-                .add_task_by_tgid(&CgroupPid::from(u64::from(pid.unsigned_abs())))
-                .map_err(|source| CgroupError::MoveThread {
-                    tid: pid,
-                    path: domain.join("cgroup.procs"),
-                    source: Box::new(source),
-                })?;
-        }
-        for controller in wanted {
-            enable_or_warn(&self.parent, controller, &mut warnings);
-        }
-
-        if let Some(overhead) = self.overhead.clone() {
-            for child in [self.sandbox.clone(), overhead] {
-                fsio::create_new_dir(&child)?;
-                self.own.push(child.clone());
-                let handle = self.handle(&child);
-                handle
-                    .to_controller()
-                    .set_cgroup_type("threaded")
-                    .map_err(|source| CgroupError::Controller {
-                        op: "make threaded",
-                        path: child.join("cgroup.type"),
-                        value: "threaded".to_string(),
-                        source: Box::new(source),
-                    })?;
-            }
-            // Only now is the domain a threaded root, where threaded
-            // controllers may be enabled although it holds processes.
-            // (When the domain was not given cpu, the parent's warning said so.)
-            let offered = fsio::read_trimmed(&domain.join("cgroup.controllers"))?;
-            if want_cpu && offered.split_whitespace().any(|c| c == "cpu") {
-                enable_or_warn(&domain, "cpu", &mut warnings);
-            }
-        }
-        Ok(warnings)
-    }
-
-    /// Whether the process must leave the (non-root) parent so that one of
-    /// `wanted` can be enabled there.
-    fn must_vacate_parent(&self, pid: i32, wanted: &[&str]) -> Result<bool, CgroupError> {
-        // The root cgroup has no cgroup.type and is exempt from the rule.
-        if wanted.is_empty() || !self.parent.join("cgroup.type").exists() {
-            return Ok(false);
-        }
-        let offered = fsio::read_trimmed(&self.parent.join("cgroup.controllers"))?;
-        let enabled = fsio::read_trimmed(&self.parent.join("cgroup.subtree_control"))?;
-        let needs_enabling = wanted.iter().any(|c| {
-            offered.split_whitespace().any(|o| o == *c)
-                && !enabled.split_whitespace().any(|e| e == *c)
-        });
-        if !needs_enabling {
-            return Ok(false);
-        }
-        let current = procfs::cgroups_of(pid)?.remove("").unwrap_or_default();
-        Ok(current == self.cgroup_path_of(&self.parent))
     }
 
     /// Writes the CPU quota (`None` clears it) to the constrained cgroup.
-    /// Returns a warning when the cpu controller is not available.
-    pub(crate) fn apply_cpu_quota(
-        &self,
-        quota_us: Option<i64>,
-    ) -> Result<Option<String>, CgroupError> {
-        if !self.v2 && !self.has(&Controllers::Cpu) {
-            return Ok(None);
-        }
-        let file = if self.v2 {
-            "cpu.max"
-        } else {
-            "cpu.cfs_quota_us"
+    /// The controller must have been provided (v2) or be mounted here (v1).
+    pub(crate) fn apply_cpu_quota(&self, quota_us: Option<i64>) -> Result<(), CgroupError> {
+        let Some(file) = self.limit_file(Limit::CpuQuota(0.0)) else {
+            return Ok(());
         };
-        if !self.sandbox.join(file).exists() {
-            return Ok(quota_us.map(|q| {
-                format!(
-                    "CPU quota {q} us not applied: {} has no {file} (cpu controller not enabled)",
-                    self.sandbox.display()
-                )
-            }));
+        if quota_us.is_none() && !file.exists() {
+            return Ok(()); // Nothing to clear.
         }
         let controller =
             CpuController::new(self.sandbox.clone(), self.mount.mount_root.clone(), self.v2);
@@ -372,11 +302,10 @@ impl Hier {
             .set_cfs_quota_and_period(Some(quota), period)
             .map_err(|source| CgroupError::Controller {
                 op: "set CPU quota of",
-                path: self.sandbox.join(file),
+                path: file,
                 value: format!("{quota} {CFS_PERIOD_US}"),
                 source: Box::new(source),
-            })?;
-        Ok(None)
+            })
     }
 
     /// Writes the memory limit (`None` clears it).
@@ -386,38 +315,24 @@ impl Hier {
     /// so the limit goes where the leader is: the overhead cgroup in Split
     /// mode, the sandbox cgroup in SandboxOnly mode. On v2 it goes on the
     /// domain, which holds the whole process.
-    pub(crate) fn apply_memory_limit(
-        &self,
-        limit: Option<i64>,
-    ) -> Result<Option<String>, CgroupError> {
-        if !self.v2 && !self.has(&Controllers::Mem) {
-            return Ok(None);
+    pub(crate) fn apply_memory_limit(&self, limit: Option<i64>) -> Result<(), CgroupError> {
+        let Some(file) = self.limit_file(Limit::Memory(0)) else {
+            return Ok(());
+        };
+        if limit.is_none() && !file.exists() {
+            return Ok(()); // Nothing to clear.
         }
         let target = self.memory_cgroup();
-        let file = if self.v2 {
-            "memory.max"
-        } else {
-            "memory.limit_in_bytes"
-        };
-        if !target.join(file).exists() {
-            return Ok(limit.map(|l| {
-                format!(
-                    "memory limit {l} bytes not applied: {} has no {file} (memory controller not enabled)",
-                    target.display()
-                )
-            }));
-        }
-        let controller = MemController::new(target.clone(), self.mount.mount_root.clone(), self.v2);
+        let controller = MemController::new(target, self.mount.mount_root.clone(), self.v2);
         let value = limit.unwrap_or(-1);
         controller
             .set_limit(value)
             .map_err(|source| CgroupError::Controller {
                 op: "set memory limit of",
-                path: target.join(file),
+                path: file,
                 value: value.to_string(),
                 source: Box::new(source),
-            })?;
-        Ok(None)
+            })
     }
 
     /// The cgroup whose memory usage and limit cover the sandbox's memory.
@@ -427,21 +342,5 @@ impl Hier {
             (None, Some(overhead)) => overhead.clone(),
             (None, None) => self.sandbox.clone(),
         }
-    }
-}
-
-/// Enables a cgroup2 controller for the children of `dir`, turning a
-/// missing controller or a refusal into a warning.
-fn enable_or_warn(dir: &Path, controller: &str, warnings: &mut Vec<String>) {
-    match fsio::enable_controller(dir, controller) {
-        Ok(true) => {}
-        Ok(false) => warnings.push(format!(
-            "{controller} controller not offered in {}/cgroup.controllers; its limits are skipped",
-            dir.display()
-        )),
-        Err(e) => warnings.push(format!(
-            "cannot enable the {controller} controller in {}: {e}; its limits are skipped",
-            dir.display()
-        )),
     }
 }

@@ -46,10 +46,23 @@
 //! through `cgroup.threads`. Trade-off: memory and io are accounted and
 //! limited for the VM as a whole (vCPU and VMM threads together), and the
 //! overhead cgroup sits inside the sandbox's domain rather than in a
-//! separate tree. A controller that is not offered (as on a host whose
-//! cgroup2 mount has none enabled) only costs its limit: placement still
-//! works, and the skipped limit is logged with `tracing::warn!` and listed
-//! in [`PlacementReport::warnings`].
+//! separate tree.
+//!
+//! A requested limit is enforced or [`Sandbox::create`] (or
+//! [`Sandbox::update_limits`]) fails with [`CgroupError::LimitUnenforceable`],
+//! one line naming the limit, the cgroup in the way and why (the processes
+//! it holds, or the controller missing from the hierarchy); it is never
+//! dropped with a warning. Corral enables the controller in every
+//! `cgroup.subtree_control` from the first ancestor that offers it down to
+//! the domain — the parents it creates included — and obeys the
+//! no-internal-process rule: when the process itself is the only one in a
+//! cgroup on the way (the default parent), it moves into its domain first,
+//! and teardown disables those controllers again before moving it back.
+//! With a relative parent whose base, the process's cgroup, holds other
+//! processes, the sandbox goes beside that cgroup instead, beneath the
+//! nearest ancestor where the controllers can be had (on a systemd host its
+//! slice, like a transient scope); `unified.rs` has the details. Device rules
+//! become an eBPF program on the constrained cgroup (`devfilter.rs`).
 //!
 //! # Drivers
 //!
@@ -72,7 +85,8 @@
 //!
 //! With an empty or relative parent, cgroups go beneath the cgroup the
 //! process is in, per hierarchy (`/proc/self/cgroup`), never at a hierarchy
-//! root unless the process is there. Pinning is in [`affinity`], sizing from
+//! root unless the process is there — except on v2 when that cgroup holds
+//! other processes and limits are asked for (see above). Pinning is in [`affinity`], sizing from
 //! OCI resources in [`sizing`], statistics in [`stats`]. Teardown (explicit
 //! or on drop) moves remaining threads back to the cgroup the process came
 //! from and removes every cgroup the sandbox created, deepest first; a
@@ -93,6 +107,7 @@
 //! while the runtime speaks oci-spec 0.8.
 
 pub mod affinity;
+mod devfilter;
 pub mod devices;
 mod error;
 mod fsio;
@@ -104,13 +119,15 @@ mod sandbox;
 pub mod sizing;
 pub mod stats;
 pub mod systemd;
+mod teardown;
+mod unified;
 mod version;
 
 use std::path::PathBuf;
 
 pub use affinity::PinDecision;
 pub use devices::{DeviceKind, DeviceRule};
-pub use error::CgroupError;
+pub use error::{Blocker, CgroupError, Limit};
 pub use layout::HierarchyPaths;
 pub use placement::{PlacementReport, SkipReason, SkippedThread, VcpuPlacement};
 pub use sandbox::{DriverInfo, DriverKind, Sandbox, SandboxPaths};
@@ -147,8 +164,9 @@ pub struct CgroupConfig {
     /// Manage vCPU affinity (pin when the vCPU count equals the allowed
     /// cpuset's size, otherwise clear pinning). `false` leaves it alone.
     pub pin_vcpus: bool,
-    /// Device rules for the sandbox cgroup (v1), applied in order before
-    /// the VMM's own devices are allowed.
+    /// Device rules for the sandbox cgroup, applied in order before the
+    /// VMM's own devices are allowed (v1: the devices controller; v2: an
+    /// eBPF program).
     pub devices: Vec<DeviceRule>,
     /// Paths of the disks attached to the VM; those that are block devices
     /// stay allowed in the devices cgroup.

@@ -79,8 +79,7 @@ pub struct PlacementReport {
     pub total_us: u64,
     /// The driver in use (and any systemd fallback reason).
     pub driver: DriverInfo,
-    /// Every warning so far: skipped limits, driver fallback, unmovable
-    /// threads.
+    /// Every warning so far: driver fallback, unmovable threads.
     pub warnings: Vec<String>,
 }
 

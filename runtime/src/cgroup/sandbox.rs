@@ -4,15 +4,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use cgroups_rs::CgroupPid;
-
 use super::devices::{self, DeviceRule};
-use super::error::CgroupError;
-use super::fsio::{self, Removal};
+use super::error::{Blocker, CgroupError, Limit};
 use super::layout::{Hier, HierarchyPaths, CFS_PERIOD_US};
 use super::path::{self, ParentSpec};
 use super::procfs;
 use super::systemd::{self, Scope};
+use super::unified;
 use super::version::{self, CgroupVersion, Mount};
 use super::{CgroupConfig, PlacementMode};
 
@@ -92,6 +90,15 @@ pub(crate) fn quota_us(cpus: f64) -> Result<i64, CgroupError> {
     Ok(us as i64)
 }
 
+/// The limits asked for, in the order they are provided.
+fn limits_of(cpu_quota: Option<f64>, memory_limit: Option<u64>) -> Vec<Limit> {
+    cpu_quota
+        .map(Limit::CpuQuota)
+        .into_iter()
+        .chain(memory_limit.map(Limit::Memory))
+        .collect()
+}
+
 fn memory_value(limit: Option<u64>) -> Result<Option<i64>, CgroupError> {
     limit
         .map(|value| {
@@ -139,6 +146,10 @@ impl Sandbox {
         }
         let pid = procfs::own_pid();
         let origins = procfs::cgroups_of(pid)?;
+        let limits = limits_of(config.cpu_quota, config.memory_limit);
+        if version == CgroupVersion::V1 {
+            check_v1_limits(&mounts, &limits)?;
+        }
         let mut warnings = Vec::new();
 
         let (base, systemd_target, fallback) = match path::parse_parent(&config.parent)? {
@@ -188,7 +199,15 @@ impl Sandbox {
         };
         // From here on, an early return drops `sandbox`, and Drop tears
         // down whatever was created.
-        sandbox.hiers = layout_all(&mounts, version, &origins, &base, config)?;
+        let layout = Layout {
+            mounts: &mounts,
+            version,
+            origins: &origins,
+            config,
+            limits: &limits,
+            pid,
+        };
+        sandbox.hiers = layout.all(&base)?;
 
         if let Some(spec) = systemd_target {
             // The systemd layout is fully computed before systemd moves the
@@ -218,12 +237,12 @@ impl Sandbox {
                     sandbox.driver.fallback = Some(reason);
                     sandbox.restore_only.clear();
                     let fallback = Base::BelowOrigin(spec.scope_path(&config.parent)?);
-                    sandbox.hiers = layout_all(&mounts, version, &origins, &fallback, config)?;
+                    sandbox.hiers = layout.all(&fallback)?;
                 }
             }
         }
 
-        sandbox.build(quota, memory, &vmm_rules)?;
+        sandbox.build(&limits, quota, memory, &vmm_rules)?;
         tracing::info!(
             sandbox = %config.sandbox_id,
             version = %version,
@@ -235,57 +254,37 @@ impl Sandbox {
 
     fn build(
         &mut self,
+        limits: &[Limit],
         quota: Option<i64>,
         memory: Option<i64>,
         vmm_rules: &[DeviceRule],
     ) -> Result<(), CgroupError> {
-        let mut warnings = Vec::new();
         for i in 0..self.hiers.len() {
             let hier = &mut self.hiers[i];
             if hier.v2 {
-                warnings.extend(hier.create_v2(self.pid, quota.is_some(), memory.is_some())?);
+                hier.create_v2(self.pid, limits, &self.config.devices, vmm_rules)?;
             } else {
                 hier.create_v1(&self.config.devices, vmm_rules)?;
             }
         }
-        if self.version == CgroupVersion::V2 && !self.config.devices.is_empty() {
-            warnings.push(format!(
-                "{} device rule(s) not applied: cgroup v2 has no devices files (it needs an \
-                 eBPF program)",
-                self.config.devices.len()
-            ));
-        }
-        warnings.extend(self.write_limits(quota, memory)?);
-        for warning in warnings {
-            tracing::warn!(sandbox = %self.config.sandbox_id, "{warning}");
-            self.warnings.push(warning);
+        self.write_limits(quota, memory)
+    }
+
+    /// Writes both limits (`None` clears one) in every hierarchy that
+    /// carries their controller.
+    fn write_limits(&self, quota: Option<i64>, memory: Option<i64>) -> Result<(), CgroupError> {
+        for hier in &self.hiers {
+            hier.apply_cpu_quota(quota)?;
+            hier.apply_memory_limit(memory)?;
         }
         Ok(())
     }
 
-    fn write_limits(
-        &self,
-        quota: Option<i64>,
-        memory: Option<i64>,
-    ) -> Result<Vec<String>, CgroupError> {
-        let mut warnings = Vec::new();
-        for hier in &self.hiers {
-            warnings.extend(hier.apply_cpu_quota(quota)?);
-            warnings.extend(hier.apply_memory_limit(memory)?);
-        }
-        let has = |c| self.hiers.iter().any(|h| h.v2 || h.has(&c));
-        if quota.is_some() && !has(cgroups_rs::fs::Controllers::Cpu) {
-            warnings.push("CPU quota not applied: the cpu controller is not mounted".to_string());
-        }
-        if memory.is_some() && !has(cgroups_rs::fs::Controllers::Mem) {
-            warnings
-                .push("memory limit not applied: the memory controller is not mounted".to_string());
-        }
-        Ok(warnings)
-    }
-
     /// Changes the CPU quota (CPUs) and memory limit (bytes) when the
-    /// sandbox's containers change; `None` removes a limit.
+    /// sandbox's containers change; `None` removes a limit. A limit whose
+    /// controller the sandbox does not have yet gets it as at creation, or
+    /// the call fails with [`CgroupError::LimitUnenforceable`] and changes
+    /// nothing.
     pub fn update_limits(
         &mut self,
         cpu_quota: Option<f64>,
@@ -294,12 +293,22 @@ impl Sandbox {
         self.ensure_open()?;
         let quota = cpu_quota.map(quota_us).transpose()?;
         let memory = memory_value(memory_limit)?;
-        for warning in self.write_limits(quota, memory)? {
-            tracing::warn!(sandbox = %self.config.sandbox_id, "{warning}");
-            if !self.warnings.contains(&warning) {
-                self.warnings.push(warning);
+        let limits = limits_of(cpu_quota, memory_limit);
+        if self.version == CgroupVersion::V1 {
+            let mounts: Vec<Mount> = self.hiers.iter().map(|h| h.mount.clone()).collect();
+            check_v1_limits(&mounts, &limits)?;
+        }
+        for hier in self.hiers.iter_mut().filter(|h| h.v2) {
+            let missing: Vec<Limit> = limits
+                .iter()
+                .copied()
+                .filter(|&l| hier.limit_file(l).is_some_and(|f| !f.exists()))
+                .collect();
+            if !missing.is_empty() {
+                hier.provide(self.pid, &missing)?;
             }
         }
+        self.write_limits(quota, memory)?;
         self.config.cpu_quota = cpu_quota;
         self.config.memory_limit = memory_limit;
         Ok(())
@@ -324,7 +333,7 @@ impl Sandbox {
         &self.driver
     }
 
-    /// Warnings collected so far (limits skipped, driver fallback).
+    /// Warnings collected so far (driver fallback, unmovable threads).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -336,57 +345,8 @@ impl Sandbox {
             hierarchies: self.hiers.iter().map(Hier::paths).collect(),
         }
     }
-
-    /// Moves every thread still in the sandbox's cgroups back to the cgroup
-    /// the process came from, removes every cgroup this sandbox created
-    /// (deepest first; already-removed ones are fine; shared ancestors stay
-    /// while other sandboxes use them) and stops the systemd scope.
-    /// Idempotent; it goes on past problems and reports them together.
-    pub fn teardown(&mut self) -> Result<(), CgroupError> {
-        if self.cleaned {
-            return Ok(());
-        }
-        self.closed = true;
-        let mut problems = Vec::new();
-        for hier in self.hiers.iter().chain(&self.restore_only) {
-            drain(hier, &mut problems);
-        }
-        for hier in &self.hiers {
-            remove_created(hier, &mut problems);
-        }
-        if let Some(scope) = &self.scope {
-            if let Err(reason) = scope.stop() {
-                tracing::warn!(sandbox = %self.config.sandbox_id, "{reason}");
-            }
-        }
-        let count = problems.len();
-        let mut problems = problems.into_iter();
-        match problems.next() {
-            None => {
-                self.cleaned = true;
-                tracing::info!(sandbox = %self.config.sandbox_id, "cgroups removed");
-                Ok(())
-            }
-            Some(first) => Err(CgroupError::Teardown {
-                sandbox_id: self.config.sandbox_id.clone(),
-                count,
-                first: Box::new(first),
-            }),
-        }
-    }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if !self.cleaned {
-            if let Err(e) = self.teardown() {
-                tracing::error!(sandbox = %self.config.sandbox_id, error = %e, "cgroup teardown failed");
-            }
-        }
-    }
-}
-
-/// The directory of the process's cgroup in `mount`.
 /// The key of `mount`'s line in a parsed `/proc/<pid>/cgroup`.
 fn hierarchy_key(mount: &Mount) -> String {
     match mount.controllers.first() {
@@ -431,28 +391,62 @@ fn systemd_root(pid1_cgroup: &str) -> &str {
     root.trim_end_matches('/')
 }
 
-fn layout_all(
-    mounts: &[Mount],
+/// v1: a requested limit needs a mounted hierarchy carrying its
+/// controller.
+fn check_v1_limits(mounts: &[Mount], limits: &[Limit]) -> Result<(), CgroupError> {
+    for &limit in limits {
+        let controller = match limit {
+            Limit::CpuQuota(_) => cgroups_rs::fs::Controllers::Cpu,
+            Limit::Memory(_) => cgroups_rs::fs::Controllers::Mem,
+        };
+        if !mounts.iter().any(|m| m.controllers.contains(&controller)) {
+            return Err(CgroupError::LimitUnenforceable {
+                limit,
+                cgroup: "cgroup v1".to_string(),
+                blocker: Blocker::NotMounted,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What laying out the hierarchies depends on.
+struct Layout<'a> {
+    mounts: &'a [Mount],
     version: CgroupVersion,
-    origins: &HashMap<String, String>,
-    base: &Base,
-    config: &CgroupConfig,
-) -> Result<Vec<Hier>, CgroupError> {
-    mounts
-        .iter()
-        .map(|mount| {
-            let origin = origin_dir(mount, origins)?;
-            let parent = parent_dir(mount, &origin, base)?;
-            Ok(Hier::new(
-                mount.clone(),
-                version == CgroupVersion::V2,
-                origin,
-                parent,
-                &config.sandbox_id,
-                config.mode,
-            ))
-        })
-        .collect()
+    origins: &'a HashMap<String, String>,
+    config: &'a CgroupConfig,
+    limits: &'a [Limit],
+    pid: i32,
+}
+
+impl Layout<'_> {
+    /// Every hierarchy's cgroups for `base`. On v2 a parent relative to the
+    /// origin goes where the limits' controllers can be had (see
+    /// [`unified::relative_parent`]).
+    fn all(&self, base: &Base) -> Result<Vec<Hier>, CgroupError> {
+        let v2 = self.version == CgroupVersion::V2;
+        self.mounts
+            .iter()
+            .map(|mount| {
+                let origin = origin_dir(mount, self.origins)?;
+                let parent = match base {
+                    Base::BelowOrigin(rel) if v2 => {
+                        unified::relative_parent(mount, &origin, rel, self.limits, self.pid)?
+                    }
+                    _ => parent_dir(mount, &origin, base)?,
+                };
+                Ok(Hier::new(
+                    mount.clone(),
+                    v2,
+                    origin,
+                    parent,
+                    &self.config.sandbox_id,
+                    self.config.mode,
+                ))
+            })
+            .collect()
+    }
 }
 
 /// v1 with systemd: the hierarchies Corral does not manage but systemd
@@ -486,68 +480,6 @@ fn systemd_restore(
             ))
         })
         .collect()
-}
-
-/// Moves every task out of the sandbox's cgroups (deepest first) to the
-/// origin cgroup. v1 moves thread by thread through `tasks`; v2 moves whole
-/// processes through the origin's `cgroup.procs` (threads cannot leave a
-/// threaded subtree one by one).
-fn drain(hier: &Hier, problems: &mut Vec<CgroupError>) {
-    // Shared ancestors are left alone: other sandboxes may use them, and
-    // their removal below tolerates "in use".
-    let mut dirs: Vec<&PathBuf> = hier
-        .own
-        .iter()
-        .chain(&hier.drain_extra)
-        .filter(|d| d.is_dir())
-        .collect();
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    dirs.dedup();
-    let origin = hier.handle(&hier.origin);
-    let target = if hier.v2 { "cgroup.procs" } else { "tasks" };
-    for dir in dirs {
-        // cgroups-rs's `tasks()` reads `tasks` (v1) or `cgroup.threads` (v2).
-        let tasks = hier.handle(dir).to_controller().tasks();
-        for task in tasks.into_iter().filter(|t| t.pid > 0) {
-            let tid = i32::try_from(task.pid).unwrap_or(i32::MAX);
-            let result = if hier.v2 {
-                origin
-                    .to_controller()
-                    .add_task_by_tgid(&CgroupPid::from(task.pid))
-            } else {
-                origin.to_controller().add_task(&CgroupPid::from(task.pid))
-            };
-            if let Err(source) = result {
-                if CgroupError::errno_of(&source) != Some(libc::ESRCH) {
-                    problems.push(CgroupError::MoveThread {
-                        tid,
-                        path: hier.origin.join(target),
-                        source: Box::new(source),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Removes what the sandbox created, deepest first.
-fn remove_created(hier: &Hier, problems: &mut Vec<CgroupError>) {
-    let mut dirs: Vec<(&PathBuf, bool)> = hier
-        .own
-        .iter()
-        .map(|d| (d, false))
-        .chain(hier.shared.iter().map(|d| (d, true)))
-        .collect();
-    dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
-    for (dir, shared) in dirs {
-        match fsio::remove_dir(dir, shared) {
-            Ok(Removal::InUse) => {
-                tracing::debug!(dir = %dir.display(), "shared cgroup still in use; kept");
-            }
-            Ok(_) => {}
-            Err(e) => problems.push(e),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! What the kernel is told at entry: the e820 memory map, the command line
-//! and the initrd, as a PVH `hvm_start_info` or a Linux zero page
-//! (`boot_params`), written with `linux-loader`'s boot configurators.
+//! What the kernel is told at entry: the e820 memory map, the command line,
+//! the initrd and where the ACPI RSDP is, as a PVH `hvm_start_info` or a
+//! Linux zero page (`boot_params`), written with `linux-loader`'s boot
+//! configurators.
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -53,7 +54,8 @@ pub enum BootParamsError {
 }
 
 /// The guest's memory map: base memory up to the EBDA, the EBDA/legacy hole
-/// reserved up to 1 MiB (the MP table lives there), then RAM.
+/// reserved up to 1 MiB (the MP table and the ACPI tables live there), then
+/// RAM.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -82,11 +84,13 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     map
 }
 
-/// Writes a PVH start info with the memory map, command line and initrd.
+/// Writes a PVH start info with the memory map, command line, initrd and
+/// the RSDP's address `rsdp`.
 pub fn write_pvh(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     initrd: Option<InitrdRange>,
+    rsdp: u64,
 ) -> Result<(), BootParamsError> {
     let map = e820_map(mem_size);
     let room = (PVH_MEMMAP_END - PVH_MEMMAP_START) as usize
@@ -100,6 +104,7 @@ pub fn write_pvh(
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: rsdp,
         ..Default::default()
     };
     let memmap: Vec<hvm_memmap_table_entry> = map
@@ -130,15 +135,20 @@ pub fn write_pvh(
         .map_err(|e| BootParamsError::Write("PVH", e))
 }
 
-/// Writes a Linux zero page; `header` is the bzImage's setup header, if any.
+/// Writes a Linux zero page; `header` is the bzImage's setup header, if any;
+/// `rsdp` the RSDP's address.
 pub fn write_zero_page(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<InitrdRange>,
+    rsdp: u64,
 ) -> Result<(), BootParamsError> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp,
+        ..Default::default()
+    };
     if let Some(header) = header {
         params.hdr = header;
     } else {
@@ -232,6 +242,7 @@ mod tests {
                 addr: 0x300_0000,
                 size: 42,
             }),
+            0xe_0000,
         )
         .unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
@@ -239,6 +250,7 @@ mod tests {
         assert_eq!(info.memmap_entries, 3);
         assert_eq!(info.nr_modules, 1);
         assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 42));
         let last: hvm_memmap_table_entry = mem
@@ -259,6 +271,7 @@ mod tests {
                 addr: 0x300_0000,
                 size: 7,
             }),
+            0xe_0000,
         )
         .unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
@@ -266,5 +279,6 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!(p.e820_entries, 3);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
     }
 }

@@ -16,7 +16,7 @@
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::layout::{APIC_START, EBDA_START, HIGH_MEMORY_START, IOAPIC_START};
+use crate::layout::{ACPI_START, APIC_START, EBDA_START, IOAPIC_START};
 use crate::memory::GuestMemoryMmap;
 
 /// The largest vCPU count the table can describe: xAPIC IDs are 8 bits,
@@ -52,8 +52,8 @@ pub enum MpTableError {
     /// More vCPUs than the table can describe.
     #[error("an MP table describes at most {MAX_MPTABLE_VCPUS} vCPUs, not {0}")]
     TooManyVcpus(u32),
-    /// The table does not fit below 1 MiB.
-    #[error("the MP table ({0} bytes) does not fit below 1 MiB")]
+    /// The table does not fit below the ACPI tables.
+    #[error("the MP table ({0} bytes) does not fit below the ACPI tables at {ACPI_START:#x}")]
     TooLarge(usize),
     /// Guest memory refused the write.
     #[error("cannot write the MP table into guest memory")]
@@ -97,7 +97,7 @@ pub fn build(vcpus: u32, base: u64) -> Result<Vec<u8>, MpTableError> {
 
     let table_len = HEADER_LEN + entries.len();
     let total = FLOATING_POINTER_LEN + table_len;
-    if base + total as u64 > HIGH_MEMORY_START {
+    if base + total as u64 > ACPI_START {
         return Err(MpTableError::TooLarge(total));
     }
 

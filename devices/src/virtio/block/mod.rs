@@ -46,6 +46,20 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// What GET_ID returns (at most 20 bytes); the file name if None.
     pub serial: Option<String>,
+    /// What a guest's FLUSH does.
+    pub cache: DiskCache,
+}
+
+/// How the guest's FLUSH requests are served (QEMU's `cache=` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskCache {
+    /// Writes go to the host's page cache; a FLUSH makes them durable
+    /// (`fdatasync` of the backing file) before it completes.
+    #[default]
+    Writeback,
+    /// FLUSH completes at once without syncing: faster, and data the guest
+    /// believes durable is lost if the host crashes. For throwaway disks.
+    Unsafe,
 }
 
 /// A disk could not be attached.
@@ -119,7 +133,7 @@ impl Block {
             features |= VIRTIO_BLK_F_RO;
         }
         Ok(Self {
-            disk: Disk::new(file, sectors, serial, config.read_only),
+            disk: Disk::new(file, sectors, serial, config.read_only).with_cache(config.cache),
             read_only: config.read_only,
             config: sectors.to_le_bytes(),
             features,

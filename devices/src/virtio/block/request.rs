@@ -112,6 +112,7 @@ pub struct Disk {
     sectors: u64,
     serial: [u8; SERIAL_LEN],
     read_only: bool,
+    cache: super::DiskCache,
 }
 
 impl Disk {
@@ -122,7 +123,14 @@ impl Disk {
             sectors,
             serial,
             read_only,
+            cache: super::DiskCache::Writeback,
         }
+    }
+
+    /// The same disk serving FLUSH as `cache` says.
+    pub fn with_cache(mut self, cache: super::DiskCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Capacity in sectors.
@@ -223,7 +231,7 @@ impl Disk {
                 Ok((VIRTIO_BLK_S_OK, 0))
             }
             VIRTIO_BLK_T_FLUSH => {
-                if !self.read_only {
+                if !self.read_only && self.cache == super::DiskCache::Writeback {
                     self.file.sync_data().map_err(BadRequest::Io)?;
                 }
                 Ok((VIRTIO_BLK_S_OK, 0))

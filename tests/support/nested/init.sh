@@ -1,0 +1,70 @@
+#!/bin/busybox sh
+# PID 1 of the nested-KVM lane's L1 machine (QEMU TCG, -cpu max: emulated
+# AMD SVM). Loads KVM and the modules listed in /lib/modules/order, mounts
+# this machine's root (virtio-9p tag `hostroot`, read-only) under a tmpfs
+# overlay, mounts the test's share (tag `share`, read-write) at its host
+# path, sets up a pure cgroup v2 hierarchy as systemd does on a fresh
+# Debian 12, and runs the script named by corral.l1.script= in that root.
+# Prints `corral-l1: status=N` with the script's exit status, or
+# `corral-l1: FAILED: why` when L1 itself could not be set up; then powers off.
+/bin/busybox mkdir -p /bin /proc /sys /dev /newroot /ovl /host
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+fail() { echo "corral-l1: FAILED: $*"; poweroff -f; sleep 5; exit 1; }
+
+script= share=
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    corral.l1.script=*) script=${word#*=} ;;
+    corral.l1.share=*) share=${word#*=} ;;
+  esac
+done
+[ -n "$script" ] || fail "no corral.l1.script= on the command line"
+
+for m in $(cat /lib/modules/order); do
+  insmod "/lib/modules/$m" || fail "insmod $m"
+done
+[ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd (is -cpu max missing?)"
+
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
+  || fail "mount the host root (9p tag hostroot)"
+mount -t tmpfs -o mode=0755 tmpfs /ovl
+mkdir -p /ovl/upper /ovl/work
+mount -t overlay -o lowerdir=/host,upperdir=/ovl/upper,workdir=/ovl/work overlay /newroot \
+  || fail "mount the overlay root"
+mount -t proc proc /newroot/proc
+mount -t sysfs sysfs /newroot/sys
+mount -t devtmpfs devtmpfs /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts devpts /newroot/dev/pts
+mount -t tmpfs tmpfs /newroot/dev/shm
+mount -t tmpfs tmpfs /newroot/run
+mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+if [ -n "$share" ]; then
+  mkdir -p "/newroot$share"
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 share "/newroot$share" \
+    || fail "mount the share (9p tag share) at $share"
+fi
+
+# Pure cgroup v2, every controller, laid out as systemd does: PID 1 in
+# /init.scope, services in /system.slice/NAME.service, controllers enabled
+# in the root's and system.slice's subtree_control.
+cg=/newroot/sys/fs/cgroup
+mount -t cgroup2 -o nsdelegate cgroup2 "$cg" || fail "mount cgroup2"
+mkdir -p "$cg/init.scope" "$cg/system.slice/corral-lane.service"
+echo 1 > "$cg/init.scope/cgroup.procs"
+for c in $(cat "$cg/cgroup.controllers"); do
+  echo "+$c" > "$cg/cgroup.subtree_control" || fail "enable $c in the root cgroup"
+  echo "+$c" > "$cg/system.slice/cgroup.subtree_control" || fail "enable $c in system.slice"
+done
+
+echo "corral-l1: ready, kernel $(uname -r), $(nproc) CPUs, cgroup2 controllers: $(cat "$cg/cgroup.controllers")"
+chroot /newroot /bin/sh -c '
+  echo $$ > /sys/fs/cgroup/system.slice/corral-lane.service/cgroup.procs
+  export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+  cd "${1%/*}" && exec /bin/sh "$1"' lane "$script"
+echo "corral-l1: status=$?"
+poweroff -f

@@ -1,0 +1,335 @@
+//! The nested-KVM lane: runs a shell script inside an "L1" machine, QEMU
+//! TCG with `-cpu max`, whose emulated AMD SVM gives Debian's own kvm-amd a
+//! real `/dev/kvm` there. L1 sees this machine's root read-only (virtio-9p,
+//! under a tmpfs overlay), the test's share directory read-write at the same
+//! path, and a pure cgroup v2 hierarchy laid out as systemd does
+//! (`init.sh`). Used for what this machine's PVM `/dev/kvm` cannot do:
+//! Linux user space under Corral, and a pure cgroup v2 host.
+//!
+//! Everything in L1 is emulated: nothing timed here is a performance
+//! figure. A kit that cannot be built, a module that does not load, a
+//! missing `/dev/kvm` in L1 or a timeout fails the test; none skips.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// L1's vCPUs: two, one per host core, with multi-threaded TCG (README,
+/// "The nested-KVM lane", has the measurements behind these settings).
+pub const L1_VCPUS: u32 = 2;
+/// L1's memory: room for a 256 MiB L2 guest, the overlay's tmpfs and tests.
+pub const L1_MEMORY_MIB: u32 = 2048;
+
+const STATUS: &str = "corral-l1: status=";
+const FAILED: &str = "corral-l1: FAILED:";
+
+/// The repository's root: the package's directory or one above it (this
+/// file serves the workspace's own tests and its members' tests alike).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("tests/support/nested/build-kit.sh").exists())
+        .expect("tests/support/nested/build-kit.sh above CARGO_MANIFEST_DIR")
+        .to_path_buf()
+}
+
+/// The kit (L1 kernel + initramfs), built once and cached by its script.
+pub fn kit() -> PathBuf {
+    let script = repo_root().join("tests/support/nested/build-kit.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "the nested lane's kit could not be built ({}): see its messages above",
+        script.display()
+    );
+    PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .expect("build-kit.sh prints the kit's path")
+            .trim(),
+    )
+}
+
+/// One L1 at a time per test process: two emulated machines on two cores
+/// would only slow each other down.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What to run in L1 and with what.
+pub struct Lane {
+    /// Host directory shared read-write at the same path; the script is
+    /// written there as `lane-run.sh`.
+    pub share: PathBuf,
+    /// Host files given to L1 as virtio-blk disks (`/dev/vda`, `/dev/vdb`…
+    /// in L1, whose root is 9p), with QEMU's write-back cache.
+    pub disks: Vec<PathBuf>,
+    /// The whole L1 run, boot to power-off, must end within this.
+    pub timeout: Duration,
+}
+
+/// A finished L1 run.
+#[derive(Debug)]
+pub struct LaneOutput {
+    /// Everything L1's console printed (its kernel is `quiet`).
+    pub console: String,
+    /// The script's exit status.
+    pub status: i32,
+    /// Wall time of the whole run (emulated: not a performance figure).
+    pub wall: Duration,
+}
+
+impl Lane {
+    /// A lane sharing `share`, no disks, 10 minutes.
+    pub fn new(share: &Path) -> Self {
+        Lane {
+            share: share.to_path_buf(),
+            disks: Vec::new(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Runs `script` (POSIX sh) in L1 and returns its output and status;
+    /// panics, with the console, if L1 could not run it or time ran out.
+    pub fn run(&self, script: &str) -> LaneOutput {
+        let running = self.spawn(script);
+        running.finish(self.timeout)
+    }
+
+    /// Starts L1 running `script` and returns at once.
+    pub fn spawn(&self, script: &str) -> RunningLane {
+        let kit = kit();
+        let guard = one_at_a_time();
+        std::fs::create_dir_all(&self.share).unwrap();
+        let share = self.share.canonicalize().unwrap();
+        let script_path = share.join("lane-run.sh");
+        std::fs::write(&script_path, script).unwrap();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max"])
+            .args(["-smp", &L1_VCPUS.to_string()])
+            .args(["-m", &L1_MEMORY_MIB.to_string()])
+            .args(["-nographic", "-nodefaults", "-no-user-config", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .arg("-kernel")
+            .arg(kit.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(kit.join("initramfs.cpio.gz"))
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 corral.l1.script={} corral.l1.share={}",
+                script_path.display(),
+                share.display()
+            ))
+            .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=share,security_model=passthrough,multidevs=remap",
+                share.display()
+            ));
+        for (i, disk) in self.disks.iter().enumerate() {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=disk{i},format=raw,cache=writeback",
+                    disk.display()
+                ))
+                .args(["-device", &format!("virtio-blk-pci,drive=disk{i}")]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start qemu-system-x86_64 ({e}): install qemu-system-x86 (bash .ci/setup does)")
+        });
+        let console = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let console = console.clone();
+            readers.push(
+                std::thread::Builder::new()
+                    .name("lane-console".into())
+                    .spawn(move || pump(stream, &console))
+                    .unwrap(),
+            );
+        }
+        RunningLane {
+            child,
+            console,
+            readers,
+            started: Instant::now(),
+            _guard: guard,
+        }
+    }
+}
+
+/// Appends what `stream` yields to `console` until it ends.
+fn pump(mut stream: Box<dyn Read + Send>, console: &Mutex<String>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+        console.lock().unwrap().push_str(&text);
+    }
+}
+
+/// An L1 machine that is running.
+pub struct RunningLane {
+    child: Child,
+    console: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl RunningLane {
+    /// The console so far.
+    pub fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    /// Waits until the console shows `needle`; panics, with the console, if
+    /// L1 ends, fails or `limit` passes first.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.console();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(!text.contains(FAILED), "L1 could not be set up:\n{text}");
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("L1 ended ({status}) before printing {needle:?}:\n{text}");
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("L1 did not print {needle:?} within {limit:?}:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills L1 (QEMU) outright, as a power cut: nothing in L1 gets to
+    /// write anything back.
+    pub fn kill(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.join_readers();
+        self.console()
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+    }
+
+    /// Waits for L1 to power off and returns the script's status; panics if
+    /// L1 failed, printed no status, or did not end within `limit` of its
+    /// start.
+    pub fn finish(mut self, limit: Duration) -> LaneOutput {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.join_readers();
+                let console = self.console();
+                assert!(
+                    !console.contains(FAILED),
+                    "L1 could not be set up:\n{console}"
+                );
+                let script_status = console
+                    .lines()
+                    .find_map(|l| l.split_once(STATUS).map(|(_, s)| s.trim().to_string()))
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!("L1 ended ({status}) without the script's status:\n{console}")
+                    });
+                return LaneOutput {
+                    console,
+                    status: script_status,
+                    wall: self.started.elapsed(),
+                };
+            }
+            if self.started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.join_readers();
+                panic!("L1 did not finish within {limit:?}:\n{}", self.console());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningLane {
+    fn drop(&mut self) {
+        // A panicking test must not leave an emulated machine behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Set in L1 by [`run_own_tests_in_l1`] for the tests it runs there.
+pub const IN_L1_ENV: &str = "CORRAL_IN_L1";
+
+/// Whether this process runs inside the lane's L1 (pure cgroup v2 host).
+pub fn in_l1() -> bool {
+    std::env::var_os(IN_L1_ENV).is_some()
+}
+
+/// Runs this very test binary inside L1 with libtest `args` (filters,
+/// `--skip`, `--exact`…), one test at a time, with [`IN_L1_ENV`] set: the
+/// same tests that ran on this machine run again on L1's pure cgroup v2
+/// host. `runner` is the calling test's name: it is skipped in L1 (no L1
+/// inside L1). Fails the calling test, with L1's console, unless every
+/// test passed; returns the console for further checks.
+pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> String {
+    assert!(!in_l1(), "{runner} must not run inside L1");
+    let exe = std::env::current_exe().unwrap();
+    let share = std::env::temp_dir().join(format!("corral-lane-{runner}-{}", std::process::id()));
+    let mut cmd = format!(
+        "export {IN_L1_ENV}=1 RUST_BACKTRACE=1\nexec {} --test-threads=1 --nocapture --skip {}",
+        sh_quote(exe.to_str().unwrap()),
+        sh_quote(runner)
+    );
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(&sh_quote(a));
+    }
+    cmd.push('\n');
+    let mut lane = Lane::new(&share);
+    lane.timeout = timeout;
+    let out = lane.run(&cmd);
+    let _ = std::fs::remove_dir_all(&share);
+    assert_eq!(
+        out.status, 0,
+        "the tests failed on L1's pure cgroup v2 host:\n{}",
+        out.console
+    );
+    assert!(
+        out.console.contains("test result: ok.") && !out.console.contains(" 0 passed;"),
+        "no test ran in L1:\n{}",
+        out.console
+    );
+    out.console
+}
