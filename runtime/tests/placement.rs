@@ -39,19 +39,11 @@ use v2::{unified, v2_cgroup_of_self};
 /// lane's L1, a pure cgroup v2 host (`tests/support/nested/init.sh`).
 #[test]
 fn lane_pure_cgroup_v2() {
-    let console = nested::run_own_tests_in_l1(
+    nested::run_own_tests_in_l1(
         "lane_pure_cgroup_v2",
         &["pure_v2_", "v2_split_", "v2_sandbox_only_", "v2_devices_"],
         Duration::from_secs(1200),
     );
-    // What the tests printed in L1, from libtest's "running N tests" on.
-    let tests = console
-        .lines()
-        .skip_while(|l| !l.starts_with("running "))
-        .take_while(|l| !l.starts_with("corral-l1: status="));
-    for line in tests {
-        eprintln!("L1: {line}");
-    }
 }
 
 static LOCK: Mutex<()> = Mutex::new(());

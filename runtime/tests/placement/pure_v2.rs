@@ -14,18 +14,14 @@ use super::*;
 /// The cgroup2 mount of a pure v2 host.
 const MOUNT: &str = "/sys/fs/cgroup";
 
-/// Whether `test` runs here: only inside L1, which must then be a pure
-/// cgroup v2 host. Elsewhere it says where it runs and returns `false`.
-fn in_lane(test: &str) -> bool {
-    if !nested::in_l1() {
-        eprintln!(
-            "{test}: runs inside the nested lane's L1 (a pure cgroup v2 host) through \
-             lane_pure_cgroup_v2, not on this host"
-        );
-        return false;
-    }
+/// Fails unless this runs in the nested lane's L1 on a pure cgroup v2 host.
+fn require_pure_v2_lane() {
+    assert!(
+        nested::in_l1(),
+        "this test needs a pure cgroup v2 host: run it through lane_pure_cgroup_v2, \
+         which runs it in the nested lane's L1"
+    );
     require_pure_v2();
-    true
 }
 
 fn require_pure_v2() {
@@ -120,10 +116,9 @@ fn assert_throttled(dir: &Path) {
 }
 
 #[test]
+#[ignore = "needs a pure cgroup v2 host: lane_pure_cgroup_v2 runs it in the nested lane's L1"]
 fn pure_v2_split_beside_a_busy_origin_enforces_both_limits() {
-    if !in_lane("pure_v2_split_beside_a_busy_origin_enforces_both_limits") {
-        return;
-    }
+    require_pure_v2_lane();
     let _guard = lock();
     let origin = self_cgroups();
     let origin_dir = own_dir();
@@ -177,10 +172,9 @@ fn pure_v2_split_beside_a_busy_origin_enforces_both_limits() {
 }
 
 #[test]
+#[ignore = "needs a pure cgroup v2 host: lane_pure_cgroup_v2 runs it in the nested lane's L1"]
 fn pure_v2_sandbox_only_beside_a_busy_origin_enforces_both_limits() {
-    if !in_lane("pure_v2_sandbox_only_beside_a_busy_origin_enforces_both_limits") {
-        return;
-    }
+    require_pure_v2_lane();
     let _guard = lock();
     let origin = self_cgroups();
     let origin_dir = own_dir();
@@ -211,17 +205,47 @@ fn pure_v2_sandbox_only_beside_a_busy_origin_enforces_both_limits() {
     }
     vcpu.spin(Duration::from_millis(300));
     assert_throttled(&h.sandbox);
+    // memory.max holds: a child of the placed process (so in the sandbox
+    // too) that touches 32 MiB lives; one that touches 256 MiB is killed
+    // by the cgroup's OOM killer (no swap in L1).
+    assert!(
+        touch_mib(32).success(),
+        "32 MiB under a 128 MiB limit failed"
+    );
+    let killed = touch_mib(256);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed),
+        Some(libc::SIGKILL),
+        "256 MiB under a 128 MiB memory.max was not OOM-killed: {killed:?}"
+    );
+    let events = read(&h.sandbox.join("memory.events"));
+    let oom_kills: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(oom_kills >= 1, "memory.events: {events}");
+    eprintln!("memory.max 128 MiB enforced: oom_kill {oom_kills}");
 
     let created = all_created(&sandbox);
     sandbox.teardown().unwrap();
     assert_clean(&created, &origin);
 }
 
+/// Runs a child that writes to every page of `mib` MiB and exits.
+fn touch_mib(mib: usize) -> std::process::ExitStatus {
+    let program =
+        format!("b = bytearray({mib} << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\n");
+    std::process::Command::new("python3")
+        .args(["-c", &program])
+        .status()
+        .expect("python3 (from this machine's root, seen by L1)")
+}
+
 #[test]
+#[ignore = "needs a pure cgroup v2 host: lane_pure_cgroup_v2 runs it in the nested lane's L1"]
 fn pure_v2_teardown_returns_to_an_origin_it_had_to_vacate() {
-    if !in_lane("pure_v2_teardown_returns_to_an_origin_it_had_to_vacate") {
-        return;
-    }
+    require_pure_v2_lane();
     let _guard = lock();
     // Beneath the origin, which holds only this process: it leaves the
     // origin for the sandbox so that the origin can pass cpu and memory on
@@ -288,10 +312,9 @@ fn vacate_and_return(parent: &str) {
 }
 
 #[test]
+#[ignore = "needs a pure cgroup v2 host: lane_pure_cgroup_v2 runs it in the nested lane's L1"]
 fn pure_v2_nested_absolute_parent_gets_the_controllers_at_every_level() {
-    if !in_lane("pure_v2_nested_absolute_parent_gets_the_controllers_at_every_level") {
-        return;
-    }
+    require_pure_v2_lane();
     let _guard = lock();
     let origin = self_cgroups();
     let vcpu = FakeThread::spawn("vcpu0");
@@ -334,10 +357,9 @@ fn pure_v2_nested_absolute_parent_gets_the_controllers_at_every_level() {
 }
 
 #[test]
+#[ignore = "needs a pure cgroup v2 host: lane_pure_cgroup_v2 runs it in the nested lane's L1"]
 fn pure_v2_refuses_a_limit_it_cannot_enforce() {
-    if !in_lane("pure_v2_refuses_a_limit_it_cannot_enforce") {
-        return;
-    }
+    require_pure_v2_lane();
     let _guard = lock();
     let origin = self_cgroups();
     // An explicit parent beneath a cgroup that holds another process: no
@@ -393,10 +415,9 @@ fn pure_v2_refuses_a_limit_it_cannot_enforce() {
 }
 
 #[test]
+#[ignore = "needs a pure cgroup v2 host: lane_pure_cgroup_v2 runs it in the nested lane's L1"]
 fn pure_v2_a_limit_added_later_is_enforced_or_refused() {
-    if !in_lane("pure_v2_a_limit_added_later_is_enforced_or_refused") {
-        return;
-    }
+    require_pure_v2_lane();
     let _guard = lock();
     let origin = self_cgroups();
     let vcpu = FakeThread::spawn("vcpu0");

@@ -298,9 +298,10 @@ pub fn in_l1() -> bool {
 }
 
 /// Runs this very test binary inside L1 with libtest `args` (filters,
-/// `--skip`, `--exact`…), one test at a time, with [`IN_L1_ENV`] set: the
-/// same tests that ran on this machine run again on L1's pure cgroup v2
-/// host. `runner` is the calling test's name: it is skipped in L1 (no L1
+/// `--skip`, `--exact`…), one test at a time, ignored tests included (tests
+/// that need L1 are `#[ignore]`d on this machine), with [`IN_L1_ENV`] set:
+/// the same tests that ran on this machine run again on L1's real KVM and
+/// pure cgroup v2 host. Prints what the tests printed in L1. `runner` is the calling test's name: it is skipped in L1 (no L1
 /// inside L1). Fails the calling test, with L1's console, unless every
 /// test passed; returns the console for further checks.
 pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> String {
@@ -308,7 +309,7 @@ pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> St
     let exe = std::env::current_exe().unwrap();
     let share = std::env::temp_dir().join(format!("corral-lane-{runner}-{}", std::process::id()));
     let mut cmd = format!(
-        "export {IN_L1_ENV}=1 RUST_BACKTRACE=1\nexec {} --test-threads=1 --nocapture --skip {}",
+        "export {IN_L1_ENV}=1 RUST_BACKTRACE=1\nexec {} --test-threads=1 --nocapture --include-ignored --skip {}",
         sh_quote(exe.to_str().unwrap()),
         sh_quote(runner)
     );
@@ -321,6 +322,14 @@ pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> St
     lane.timeout = timeout;
     let out = lane.run(&cmd);
     let _ = std::fs::remove_dir_all(&share);
+    let tests = out
+        .console
+        .lines()
+        .skip_while(|l| !l.starts_with("running "))
+        .take_while(|l| !l.starts_with(STATUS));
+    for line in tests {
+        eprintln!("L1: {line}");
+    }
     assert_eq!(
         out.status, 0,
         "the tests failed on L1's pure cgroup v2 host:\n{}",
