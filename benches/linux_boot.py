@@ -79,7 +79,7 @@ def main():
     runs = [
         ("corral", [corral, "run", "--kernel", kernel, "--initrd", initrd,
                     "--cpus", str(args.cpus), "--memory", str(args.memory),
-                    "--cmdline", cmdline + " corral.poweroff=0xd0002000"]),
+                    "--cmdline", cmdline]),
         ("qemu-kvm", ["qemu-system-x86_64",
                       "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off",
                       "-accel", "kvm", "-cpu", "host,-arch-capabilities",
@@ -87,7 +87,7 @@ def main():
                       "-nodefaults", "-no-user-config", "-nographic",
                       "-serial", "stdio", "-no-reboot",
                       "-kernel", kernel, "-initrd", initrd,
-                      "-append", cmdline + " corral.poweroff=0xfea00200"]),
+                      "-append", cmdline]),
     ]
     print(f"kernel {kernel}\ninitrd {initrd}\nKVM: {'PVM' if pvm else 'hardware'}, "
           f"{args.cpus} vCPU(s), {args.memory} MiB")

@@ -42,7 +42,8 @@ mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t tmpfs tmpfs /newroot/run
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+# /tmp stays the host's (through the overlay): a checkout, target directory
+# or cache under /tmp must be seen in L1 as on the host.
 if [ -n "$share" ]; then
   mkdir -p "/newroot$share"
   mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 share "/newroot$share" \
