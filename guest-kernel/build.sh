@@ -14,8 +14,10 @@
 # Variants:
 #   default  the kernel Corral users boot.
 #   pvm-ci   default plus patches/pvm-ci/*.patch, source changes needed only to
-#            survive the PVM development hosts' emulated ring 0. CI uses it
-#            for the Linux smoke test on those hosts; never ship it.
+#            survive the PVM development hosts' emulated ring 0, and
+#            patches/pvm-ci/config.fragment, whose lines win over the main
+#            fragment's. CI uses it for the Linux smoke test on those hosts;
+#            never ship it.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,7 +49,18 @@ patches=()
 if [ "$variant" != default ]; then
   mapfile -t patches < <(ls "$here/patches/$variant"/*.patch 2>/dev/null | sort)
 fi
-key=$( { echo "$srcpkg $srcver $variant"; cat "$here/build.sh" "$here/config.fragment";
+# The fragment in force: the main one, then the variant's, whose line for
+# an option replaces the main one's.
+fragment=$(mktemp)
+trap 'rm -f "$fragment"' EXIT
+awk 'function opt(l, a) {
+       if (l ~ /^CONFIG_[A-Za-z0-9_]+=/) { sub(/=.*/, "", l); return l }
+       if (l ~ /^# CONFIG_[A-Za-z0-9_]+ is not set/) { split(l, a, " "); return a[2] }
+       return "" }
+     { k = opt($0); if (k != "") { if (!(k in line)) order[n++] = k; line[k] = $0 } }
+     END { for (i = 0; i < n; i++) print line[order[i]] }' \
+  "$here/config.fragment" $( [ "$variant" != default ] && ls "$here/patches/$variant/config.fragment" 2>/dev/null ) > "$fragment"
+key=$( { echo "$srcpkg $srcver $variant"; cat "$here/build.sh" "$fragment";
          for p in "${patches[@]}"; do cat "$p"; done; } | sha256sum | cut -c1-16)
 cache=${CORRAL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/corral}/guest-kernel
 out=$cache/$variant-$key
@@ -79,7 +92,7 @@ fi
 mkdir -p "$obj"
 log "configuring ($variant): tinyconfig + config.fragment"
 make -s -C "$src" O="$obj" tinyconfig >&2
-"$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$here/config.fragment" >/dev/null
+"$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$fragment" >/dev/null
 make -s -C "$src" O="$obj" olddefconfig >&2
 
 # Every fragment line must have survived olddefconfig.
@@ -92,7 +105,7 @@ while IFS= read -r line; do
       opt=${line#\# }; opt=${opt%% *}
       if grep -q "^$opt=" "$obj/.config"; then dropped+=("$line (now: $(grep "^$opt=" "$obj/.config"))"); fi ;;
   esac
-done < "$here/config.fragment"
+done < "$fragment"
 if [ ${#dropped[@]} -gt 0 ]; then
   log "olddefconfig dropped these fragment lines (missing dependencies?):"
   printf '  %s\n' "${dropped[@]}" >&2
