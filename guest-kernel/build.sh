@@ -60,7 +60,8 @@ awk 'function opt(l, a) {
      { k = opt($0); if (k != "") { if (!(k in line)) order[n++] = k; line[k] = $0 } }
      END { for (i = 0; i < n; i++) print line[order[i]] }' \
   "$here/config.fragment" $( [ "$variant" != default ] && ls "$here/patches/$variant/config.fragment" 2>/dev/null ) > "$fragment"
-key=$( { echo "$srcpkg $srcver $variant"; cat "$here/build.sh" "$fragment";
+key=$( { echo "$srcpkg $srcver $variant"; cat "$here/build.sh" "$here/config.fragment" "$fragment"
+         [ "$variant" = default ] || cat "$here/patches/$variant/config.fragment" 2>/dev/null || true;
          for p in "${patches[@]}"; do cat "$p"; done; } | sha256sum | cut -c1-16)
 cache=${CORRAL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/corral}/guest-kernel
 out=$cache/$variant-$key
