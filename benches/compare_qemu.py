@@ -83,7 +83,7 @@ def main():
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: run `cargo build --release` first")
     if not shutil.which("qemu-system-x86_64"):
-        sys.exit("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+        sys.exit("qemu-system-x86_64 is missing: run `bash .ci/setup` (it installs qemu-system-x86)")
 
     vmms = {"corral": corral_cmd(args.corral, args.guest), "qemu": qemu_cmd(args.guest)}
     results = {name: [] for name in vmms}
