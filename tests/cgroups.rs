@@ -267,7 +267,7 @@ fn lane_pure_cgroup_v2() {
     nested::run_own_tests_in_l1(
         "lane_pure_cgroup_v2",
         &["pure_v2_", "v2_split_places_real_vcpu_threads"],
-        Duration::from_secs(1200),
+        Duration::from_secs(600),
     );
 }
 

@@ -329,3 +329,42 @@ fn flushed_writes_survive_a_power_cut_of_the_whole_l1() {
         "with flushes ignored the data still reached the host file: the test cannot tell"
     );
 }
+
+/// The lane itself: a script that hangs is killed at the timeout, and the
+/// console it panics with says where each user task waited (init.sh's
+/// watchdog), so a hang in CI can be diagnosed.
+#[test]
+fn a_hung_lane_is_killed_and_shows_where_its_tasks_wait() {
+    let share = std::env::temp_dir().join(format!("corral-lane-hang-{}", std::process::id()));
+    let mut lane = Lane::new(&share);
+    lane.timeout = Duration::from_secs(45);
+    let started = std::time::Instant::now();
+    let outcome = std::panic::catch_unwind(|| lane.run("echo lane-hang-start\nsleep 3600\n"));
+    let _ = std::fs::remove_dir_all(&share);
+    let panic = outcome.expect_err("a script sleeping for an hour finished");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("did not finish within 45s"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(90), "{message}");
+    assert!(message.contains("lane-hang-start"), "{message}");
+    assert!(
+        message.contains("corral-l1: watchdog: still running after 15s"),
+        "{message}"
+    );
+    // The sleeping shell's task, with its wait channel and kernel stack.
+    let sleeper = message
+        .lines()
+        .position(|l| l.starts_with("== /proc/") && l.contains(" sleep state=S"))
+        .unwrap_or_else(|| panic!("no entry for the sleeping task:\n{message}"));
+    assert!(
+        message
+            .lines()
+            .skip(sleeper)
+            .take(20)
+            .any(|l| l.contains("nanosleep")),
+        "{message}"
+    );
+    assert!(
+        message.contains("corral-l1: watchdog: end of dump"),
+        "{message}"
+    );
+}

@@ -37,12 +37,17 @@ use v2::{unified, v2_cgroup_of_self};
 
 /// Runs this file's cgroup v2 tests (`v2_…`, `pure_v2_…`) inside the nested
 /// lane's L1, a pure cgroup v2 host (`tests/support/nested/init.sh`).
+///
+/// Holds the tests' lock: QEMU would otherwise start in whatever cgroups
+/// (quota, cpuset, device rules) another test has just moved this process
+/// into, and keep them.
 #[test]
 fn lane_pure_cgroup_v2() {
+    let _guard = lock();
     nested::run_own_tests_in_l1(
         "lane_pure_cgroup_v2",
         &["pure_v2_", "v2_split_", "v2_sandbox_only_", "v2_devices_"],
-        Duration::from_secs(1200),
+        Duration::from_secs(600),
     );
 }
 

@@ -15,11 +15,12 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 fail() { echo "corral-l1: FAILED: $*"; poweroff -f; sleep 5; exit 1; }
 
-script= share=
+script= share= watchdog=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     corral.l1.script=*) script=${word#*=} ;;
     corral.l1.share=*) share=${word#*=} ;;
+    corral.l1.watchdog=*) watchdog=${word#*=} ;;
   esac
 done
 [ -n "$script" ] || fail "no corral.l1.script= on the command line"
@@ -61,6 +62,31 @@ for c in $(cat "$cg/cgroup.controllers"); do
   echo "+$c" > "$cg/cgroup.subtree_control" || fail "enable $c in the root cgroup"
   echo "+$c" > "$cg/system.slice/cgroup.subtree_control" || fail "enable $c in system.slice"
 done
+
+# A run still going after corral.l1.watchdog= seconds (shortly before the
+# host kills L1) prints where every user task waits and the kernel's task
+# dump, so a hang in CI can be diagnosed from its console.
+dump_tasks() {
+  echo "corral-l1: watchdog: still running after ${watchdog}s; user tasks:"
+  for t in /proc/[0-9]*/task/[0-9]*; do
+    # Kernel threads have no command line (proc files have no size).
+    cmd=$(tr '\0' ' ' < "${t%/task/*}/cmdline" 2>/dev/null | cut -c1-200)
+    [ -n "$cmd" ] || continue
+    read -r stat < "$t/stat"
+    echo "== $t $(cat "$t/comm") state=$(echo "$stat" | sed 's/.*) \(.\).*/\1/') wchan=$(cat "$t/wchan")"
+    echo "   $cmd"
+    sed 's/^/   /' "$t/stack"
+  done
+  grep -E 'MemFree|MemAvailable|^Cached|Dirty' /proc/meminfo
+  echo 1 > /proc/sys/kernel/sysrq
+  echo 7 > /proc/sys/kernel/printk
+  echo w > /proc/sysrq-trigger
+  echo l > /proc/sysrq-trigger
+  echo "corral-l1: watchdog: end of dump"
+}
+if [ -n "$watchdog" ]; then
+  (sleep "$watchdog" && dump_tasks) &
+fi
 
 echo "corral-l1: ready, kernel $(uname -r), $(nproc) CPUs, cgroup2 controllers: $(cat "$cg/cgroup.controllers")"
 chroot /newroot /bin/sh -c '

@@ -67,6 +67,12 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// When L1 dumps its tasks (init.sh's watchdog): 30 s before the host
+/// kills it, so the console of a run that timed out says where it hung.
+fn watchdog_secs(timeout: Duration) -> u64 {
+    timeout.as_secs().saturating_sub(30).max(5)
+}
+
 /// What to run in L1 and with what.
 pub struct Lane {
     /// Host directory shared read-write at the same path; the script is
@@ -127,9 +133,11 @@ impl Lane {
             .arg(kit.join("initramfs.cpio.gz"))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 quiet panic=-1 corral.l1.script={} corral.l1.share={}",
+                "console=ttyS0 quiet panic=-1 corral.l1.script={} corral.l1.share={} \
+                 corral.l1.watchdog={}",
                 script_path.display(),
-                share.display()
+                share.display(),
+                watchdog_secs(self.timeout)
             ))
             .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
             .arg("-virtfs")
