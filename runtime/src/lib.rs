@@ -6,4 +6,5 @@
 //! `Vmm::other_tids` into the unconstrained overhead cgroup — in the window
 //! between `Vmm::create` and `Vmm::start`. See [`cgroup`].
 
+pub mod agent;
 pub mod cgroup;

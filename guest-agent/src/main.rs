@@ -1,0 +1,144 @@
+//! corral-agent: Corral's guest agent. Runs in the micro-VM (as PID 1 or
+//! started by the initramfs's init), serves the host's ttrpc API on vsock
+//! port 1024 (or a Unix socket for tests), and runs OCI containers:
+//! namespaces, the rootfs from a block device, a cgroup v2 per container,
+//! stdio kept until the host reads it. Container processes are this same
+//! binary re-executed (`__child`, see `child.rs`).
+
+mod cgroup;
+mod child;
+mod child_config;
+mod error;
+mod mountopts;
+mod passwd;
+mod pid1;
+mod process;
+mod reaper;
+mod rootfs;
+mod sandbox;
+mod server;
+mod spawn;
+mod stdio;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use corral_protocol::ttrpc::r#async::Server;
+
+/// Command line.
+#[derive(Parser, Debug)]
+#[command(name = "corral-agent", version, about = "Corral's guest agent")]
+struct Args {
+    /// Where to serve the API: vsock://CID:PORT (-1: any CID) or
+    /// unix:///path.
+    #[arg(long, default_value = "vsock://-1:1024")]
+    listen: String,
+    /// The cgroup v2 hierarchy containers' cgroups go under (in
+    /// `<root>/corral/<id>`).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Where rootfs mounts are made.
+    #[arg(long, default_value = "/run/corral/containers")]
+    state_dir: PathBuf,
+    /// Seconds output is still read after a process exits while something
+    /// else keeps its stdout or stderr open.
+    #[arg(long, default_value_t = 2.0)]
+    drain_grace: f64,
+}
+
+/// A start-up failure, said in one line.
+type Fatal = String;
+
+fn main() {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(child_config::CHILD_ARG))
+    {
+        child::main();
+    }
+    let pid1 = std::process::id() == 1;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORRAL_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if pid1 {
+        std::panic::set_hook(Box::new(|info| pid1::power_off(&format!("panic: {info}"))));
+        pid1::mount_basics();
+    }
+    let args = Args::parse();
+    if let Err(e) = run(args, pid1) {
+        if pid1 {
+            pid1::power_off(&e);
+        }
+        eprintln!("corral-agent: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args, pid1: bool) -> Result<(), Fatal> {
+    if !(0.0..=3600.0).contains(&args.drain_grace) {
+        return Err(format!(
+            "--drain-grace {} is not between 0 and 3600 seconds",
+            args.drain_grace
+        ));
+    }
+    if !pid1 {
+        // Orphans of container processes come to us, not to the host's
+        // init, so the reaper sees them.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(serve(args, pid1))
+}
+
+async fn serve(args: Args, pid1: bool) -> Result<(), Fatal> {
+    let reaper = reaper::Reaper::start().map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
+    let spawner =
+        spawn::Spawner::start(reaper).map_err(|e| format!("cannot start the spawner: {e}"))?;
+    let cgroups = cgroup::GuestCgroups::open(&args.cgroup_root).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.state_dir.display()))?;
+    let sandbox = Arc::new(sandbox::Sandbox::new(
+        spawner,
+        cgroups,
+        args.state_dir.clone(),
+        Duration::from_secs_f64(args.drain_grace),
+    ));
+    let (power_tx, mut power_rx) = tokio::sync::mpsc::channel(1);
+    let service = server::Service {
+        sandbox,
+        power_off: power_tx,
+    };
+    let services = corral_protocol::agent_ttrpc::create_agent(Arc::new(service));
+    let mut server = Server::new()
+        .bind(&args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?
+        .register_service(services);
+    server
+        .start()
+        .await
+        .map_err(|e| format!("cannot serve on {}: {e}", args.listen))?;
+    // The console line the host and tests wait for.
+    eprintln!("corral-agent: listening on {}", args.listen);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = power_rx.recv() => {
+            if pid1 {
+                // Let the reply reach the host first.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                pid1::power_off("the host asked for a power-off");
+            }
+        }
+        _ = term.recv() => {}
+    }
+    let _ = server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The host side of the guest agent (`guest-agent/`): a ttrpc client that
+//! reaches the agent through Corral's hybrid vsock Unix socket
+//! (`CONNECT 1024\n` → `OK <port>\n`, as Firecracker's), retries until the
+//! agent is up within a bounded deadline, and puts a deadline on every call
+//! except the ones that wait for the guest (process exit, output).
+
+mod client;
+mod connect;
+
+pub use client::{AgentCallError, AgentClient, ProcessExit, Stats};
+pub use connect::{connect_hybrid_vsock, AgentConnectError};
+pub use corral_protocol::agent::Storage;
+pub use corral_protocol::{AGENT_VSOCK_PORT, PROTOCOL_VERSION};
