@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds Corral's guest initramfs: Debian's busybox-static, our /init and
-# the static guest tools of guest-tools/ (see files.list for the contents),
-# as a newc cpio archive.
+# Builds Corral's guest initramfs: Debian's busybox-static, our /init, the
+# guest agent (guest-agent/) and the static guest tools of guest-tools/
+# (see files.list for the contents), as a newc cpio archive.
 #
 # Usage: rootfs/build.sh [--gzip]
 #
@@ -24,7 +24,10 @@ bash "$repo/scripts/apt-install" busybox-static python3 >&2
 export BUSYBOX=/bin/busybox ROOTFS=$here
 bbver=$(dpkg-query -W -f '${Version}' busybox-static)
 key=$( { echo "busybox-static $bbver gzip=$gzip"; cat "$here/build.sh" "$here/mkcpio.py" "$here/files.list" "$here/init";
-         cat "$repo/Cargo.lock" "$repo/guest-tools/Cargo.toml"; find "$repo/guest-tools/src" -type f | sort | xargs cat; } \
+         cat "$repo/Cargo.lock" "$repo/Cargo.toml"
+         for crate in guest-tools guest-agent shared-protocol; do
+           cat "$repo/$crate/Cargo.toml"; find "$repo/$crate/src" "$repo/$crate/proto" "$repo/$crate/build.rs" -type f 2>/dev/null | sort | xargs cat
+         done; } \
        | sha256sum | cut -c1-16)
 cache=${CORRAL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/corral}/rootfs
 name=initramfs.cpio; [ "$gzip" = yes ] && name=initramfs.cpio.gz
@@ -42,10 +45,14 @@ mkdir -p "$cache/$key"
 # The guest tools, statically linked (crt-static applies to the target
 # only, hence the explicit --target), in a target directory of their own
 # so that a `cargo test` running this script never waits on its own lock.
-echo "rootfs: building guest-tools (static)" >&2
+echo "rootfs: building guest-tools and corral-agent (static)" >&2
+# Built for size: every guest byte is unpacked at each boot (the agent
+# powers the VM off on any panic, so panic=abort loses nothing).
 env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET -u CARGO_ENCODED_RUSTFLAGS \
   RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
-  cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p corral-guest-tools \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=true \
+  CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
+  cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p corral-guest-tools -p corral-agent \
   --target x86_64-unknown-linux-gnu --target-dir "$cache/target" >&2
 export GUEST_TOOLS=$cache/target/x86_64-unknown-linux-gnu/release
 tmp=$out.tmp.$$

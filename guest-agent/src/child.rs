@@ -56,10 +56,23 @@ fn run(control: &mut File, report: &mut File) -> Result<(), String> {
             hostname,
             mounts,
             readonly_root,
+            masked_paths,
+            readonly_paths,
         } => {
             // A cgroup namespace rooted at the cgroup the agent put us in.
             unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup: {e}"))?;
-            build_root(rootfs, mounts, *readonly_root)?;
+            build_root(rootfs, mounts)?;
+            restrict_paths(masked_paths, readonly_paths)?;
+            if *readonly_root {
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("remount / read-only: {e}"))?;
+            }
             if let Some(name) = hostname {
                 sethostname(name).map_err(|e| format!("sethostname {name:?}: {e}"))?;
             }
@@ -118,7 +131,7 @@ fn read_config(control: &mut File) -> Result<ChildConfig, String> {
 }
 
 /// Mounts the spec's mounts under `rootfs` and makes it the root.
-fn build_root(rootfs: &Path, mounts: &[Mount], readonly: bool) -> Result<(), String> {
+fn build_root(rootfs: &Path, mounts: &[Mount]) -> Result<(), String> {
     // Nothing mounted here propagates back to the agent.
     mount(
         None::<&str>,
@@ -146,16 +159,56 @@ fn build_root(rootfs: &Path, mounts: &[Mount], readonly: bool) -> Result<(), Str
     if dev_is_tmpfs {
         populate_dev(&rootfs.join("dev"))?;
     }
-    enter_root(rootfs)?;
-    if readonly {
+    enter_root(rootfs)
+}
+
+/// Hides `masked` paths and makes `readonly` ones read-only, in the new
+/// root; paths that do not exist are skipped (as runc does).
+fn restrict_paths(masked: &[String], readonly: &[String]) -> Result<(), String> {
+    for p in masked {
+        let Ok(meta) = std::fs::metadata(p) else {
+            continue;
+        };
+        let result = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                p.as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        } else {
+            mount(
+                Some("/dev/null"),
+                p.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        result.map_err(|e| format!("mask {p}: {e}"))?;
+    }
+    for p in readonly {
+        if std::fs::symlink_metadata(p).is_err() {
+            continue;
+        }
         mount(
+            Some(p.as_str()),
+            p.as_str(),
             None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .map_err(|e| format!("remount / read-only: {e}"))?;
+        .and_then(|()| {
+            mount(
+                None::<&str>,
+                p.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None::<&str>,
+            )
+        })
+        .map_err(|e| format!("read-only {p}: {e}"))?;
     }
     Ok(())
 }

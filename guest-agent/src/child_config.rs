@@ -47,6 +47,11 @@ pub enum ChildKind {
         mounts: Vec<Mount>,
         /// Remount the root read-only (spec `root.readonly`).
         readonly_root: bool,
+        /// `linux.maskedPaths`: hidden (an empty read-only tmpfs over a
+        /// directory, /dev/null over a file).
+        masked_paths: Vec<String>,
+        /// `linux.readonlyPaths`: remounted read-only.
+        readonly_paths: Vec<String>,
     },
     /// A process joining the namespaces of a running container's init
     /// (its PID namespace was joined at clone time).

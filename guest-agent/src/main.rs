@@ -125,8 +125,19 @@ async fn serve(args: Args, pid1: bool) -> Result<(), Fatal> {
         .start()
         .await
         .map_err(|e| format!("cannot serve on {}: {e}", args.listen))?;
-    // The console line the host and tests wait for.
-    eprintln!("corral-agent: listening on {}", args.listen);
+    // The console line the host and tests wait for, with the kernel's
+    // uptime (boot-to-agent figure).
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let line = format!(
+        "corral-agent: listening on {}, uptime {} s",
+        args.listen,
+        uptime.split_whitespace().next().unwrap_or("?")
+    );
+    eprintln!("{line}");
+    if pid1 {
+        // In the kernel log too, timestamped on printk's clock.
+        let _ = std::fs::write("/dev/kmsg", format!("{line}\n"));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     tokio::select! {

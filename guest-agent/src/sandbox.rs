@@ -138,6 +138,12 @@ impl Sandbox {
                 hostname: spec.hostname().clone(),
                 mounts: spec.mounts().clone().unwrap_or_default(),
                 readonly_root: spec.root().as_ref().and_then(|r| r.readonly()) == Some(true),
+                masked_paths: linux
+                    .and_then(|l| l.masked_paths().clone())
+                    .unwrap_or_default(),
+                readonly_paths: linux
+                    .and_then(|l| l.readonly_paths().clone())
+                    .unwrap_or_default(),
             },
             process,
         };

@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod image;
+pub mod scenarios;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,17 +20,7 @@ use corral_runtime::agent::{AgentClient, Storage};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_corral-agent");
 
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use image::run;
 
 fn require_root() {
     assert!(
@@ -44,40 +37,7 @@ pub struct LoopImage {
 impl LoopImage {
     pub fn busybox(dir: &Path) -> LoopImage {
         require_root();
-        let root = dir.join("rootfs-src");
-        for d in [
-            "bin",
-            "etc",
-            "proc",
-            "sys",
-            "dev",
-            "tmp",
-            "root",
-            "home/user",
-        ] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("busybox is missing: install busybox-static (bash .ci/setup does)");
-        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        let list = run(Command::new(busybox).arg("--list"));
-        for applet in list.lines().filter(|a| *a != "busybox") {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
-        let image = dir.join("rootfs.ext4");
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
-            .arg(&root)
-            .arg(&image)
-            .arg("64M"));
+        let image = image::busybox_ext4(dir);
         let device = run(Command::new("losetup").args(["-f", "--show"]).arg(&image));
         LoopImage {
             device: PathBuf::from(device.trim()),
@@ -262,66 +222,6 @@ fn proxy_one(conn: UnixStream, agent: &Path) {
     });
     let _ = std::io::copy(&mut reader, &mut up_w);
     let _ = up_w.shutdown(std::net::Shutdown::Write);
-}
-
-/// A minimal OCI spec running `args`.
-pub fn spec(args: &[&str], terminal: bool, hostname: &str, cgroups_path: &str) -> Vec<u8> {
-    let spec = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": terminal,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/bin", "TERM=xterm"],
-            "cwd": "/",
-            "noNewPrivileges": true,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
-        },
-        "root": {"path": "rootfs"},
-        "hostname": hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
-        ],
-        "linux": {
-            "cgroupsPath": cgroups_path,
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
-        }
-    });
-    serde_json::to_vec(&spec).unwrap()
-}
-
-/// An OCI process object (for exec).
-pub fn process(args: &[&str], terminal: bool) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "terminal": terminal,
-        "user": {"uid": 0, "gid": 0},
-        "args": args,
-        "env": ["PATH=/bin"],
-        "cwd": "/"
-    }))
-    .unwrap()
-}
-
-/// Reads a stream to its end.
-pub async fn read_all(client: &AgentClient, id: &str, exec_id: &str, stderr: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(chunk) = client
-        .read_output(id, exec_id, stderr, 1 << 20)
-        .await
-        .unwrap()
-    {
-        out.extend_from_slice(&chunk);
-    }
-    out
 }
 
 /// A scratch directory under the system temp dir.

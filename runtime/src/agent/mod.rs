@@ -10,4 +10,5 @@ mod connect;
 pub use client::{AgentCallError, AgentClient, ProcessExit, Stats};
 pub use connect::{connect_hybrid_vsock, AgentConnectError};
 pub use corral_protocol::agent::Storage;
+pub use corral_protocol::ttrpc::Code;
 pub use corral_protocol::{AGENT_VSOCK_PORT, PROTOCOL_VERSION};

@@ -300,6 +300,10 @@ pub fn sh_quote(s: &str) -> String {
 /// Set in L1 by [`run_own_tests_in_l1`] for the tests it runs there.
 pub const IN_L1_ENV: &str = "CORRAL_IN_L1";
 
+/// Set in L1 by [`run_own_tests_in_l1`]: a directory shared with this
+/// machine (read-write, same path), for what a test wants to outlive L1.
+pub const SHARE_ENV: &str = "CORRAL_LANE_SHARE";
+
 /// Whether this process runs inside the lane's L1 (pure cgroup v2 host).
 pub fn in_l1() -> bool {
     std::env::var_os(IN_L1_ENV).is_some()
@@ -317,7 +321,8 @@ pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> St
     let exe = std::env::current_exe().unwrap();
     let share = std::env::temp_dir().join(format!("corral-lane-{runner}-{}", std::process::id()));
     let mut cmd = format!(
-        "export {IN_L1_ENV}=1 RUST_BACKTRACE=1\nexec {} --test-threads=1 --nocapture --include-ignored --skip {}",
+        "export {IN_L1_ENV}=1 RUST_BACKTRACE=1 {SHARE_ENV}={}\nexec {} --test-threads=1 --nocapture --include-ignored --skip {}",
+        sh_quote(share.to_str().unwrap()),
         sh_quote(exe.to_str().unwrap()),
         sh_quote(runner)
     );
@@ -329,7 +334,6 @@ pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> St
     let mut lane = Lane::new(&share);
     lane.timeout = timeout;
     let out = lane.run(&cmd);
-    let _ = std::fs::remove_dir_all(&share);
     let tests = out
         .console
         .lines()
@@ -339,8 +343,10 @@ pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> St
         eprintln!("L1: {line}");
     }
     assert_eq!(
-        out.status, 0,
-        "the tests failed on L1's pure cgroup v2 host:\n{}",
+        out.status,
+        0,
+        "the tests failed on L1's pure cgroup v2 host (files they left: {}):\n{}",
+        share.display(),
         out.console
     );
     assert!(
@@ -348,5 +354,7 @@ pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> St
         "no test ran in L1:\n{}",
         out.console
     );
+    // Kept when a test failed: what it left there (guest consoles) helps.
+    let _ = std::fs::remove_dir_all(&share);
     out.console
 }
