@@ -122,6 +122,7 @@ fn vm_agent_runs_the_container_scenarios() {
             scenarios::terminal(&c, &storage).await;
             eprintln!("scenario: exec");
             scenarios::exec_and_background_child(&c, &storage).await;
+            scenarios::users_and_capabilities(&c, &storage).await;
             // The guest's cgroup2 has every controller: limits enforced.
             scenarios::bad_requests(&c, &storage, true).await;
             let took = scenarios::many_in_a_row(&c, &storage, 20).await;

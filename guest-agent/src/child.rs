@@ -514,10 +514,12 @@ fn switch_user(process: &Process) -> Result<(), String> {
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
+    let capabilities = process.capabilities().as_ref();
+    crate::capabilities::before_user_switch(capabilities)?;
     setgroups(&groups).map_err(|e| format!("setgroups {groups:?}: {e}"))?;
     setgid(Gid::from_raw(user.gid())).map_err(|e| format!("setgid {}: {e}", user.gid()))?;
     setuid(Uid::from_raw(user.uid())).map_err(|e| format!("setuid {}: {e}", user.uid()))?;
-    Ok(())
+    crate::capabilities::after_user_switch(capabilities)
 }
 
 /// Signal dispositions and mask as a fresh process expects them: Rust

@@ -5,6 +5,7 @@
 //! stdio kept until the host reads it. Container processes are this same
 //! binary re-executed (`__child`, see `child.rs`).
 
+mod capabilities;
 mod cgroup;
 mod child;
 mod child_config;

@@ -77,6 +77,15 @@ fn exec_joins_a_running_container_and_a_background_child_cannot_hold_output() {
 }
 
 #[test]
+fn users_and_capabilities_follow_the_spec() {
+    let f = fixture("caps");
+    block_on(async {
+        let c = f.agent.client().await;
+        scenarios::users_and_capabilities(&c, &f.storage).await;
+    });
+}
+
+#[test]
 fn bad_requests_get_clear_errors_and_the_agent_keeps_serving() {
     let f = fixture("bad");
     block_on(async {

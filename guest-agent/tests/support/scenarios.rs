@@ -396,3 +396,73 @@ pub async fn exec_round_trips(
     times.sort();
     (times[times.len() / 2], times[times.len() - 1])
 }
+
+/// containerd's default capability set (as Docker's): CapBnd and CapEff
+/// 00000000a80425fb for root; a non-root user gets its uid, gid, groups and
+/// HOME (from the container's /etc/passwd) and no effective capabilities.
+pub async fn users_and_capabilities(c: &AgentClient, storage: &Storage) {
+    let default_caps = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ];
+    let caps = serde_json::json!({
+        "bounding": default_caps, "effective": default_caps, "permitted": default_caps
+    });
+    let mut root: serde_json::Value = serde_json::from_slice(&spec(
+        &["sh", "-c", "grep -E '^Cap(Bnd|Eff)' /proc/self/status"],
+        false,
+        "b",
+        "",
+    ))
+    .unwrap();
+    root["process"]["capabilities"] = caps.clone();
+    c.create_container("caps", &serde_json::to_vec(&root).unwrap(), storage.clone())
+        .await
+        .unwrap();
+    c.start("caps").await.unwrap();
+    let out = String::from_utf8_lossy(&read_all(c, "caps", "", false).await).into_owned();
+    assert_eq!(
+        out,
+        "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n"
+    );
+    assert_eq!(c.wait("caps", "").await.unwrap().status, 0);
+    c.remove("caps").await.unwrap();
+
+    let mut user: serde_json::Value = serde_json::from_slice(&spec(
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; id -G; echo $HOME; grep -E '^CapEff' /proc/self/status",
+        ],
+        false,
+        "b",
+        "",
+    ))
+    .unwrap();
+    user["process"]["user"] =
+        serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [1000, 5]});
+    user["process"]["capabilities"] = caps;
+    c.create_container("user", &serde_json::to_vec(&user).unwrap(), storage.clone())
+        .await
+        .unwrap();
+    c.start("user").await.unwrap();
+    let out = String::from_utf8_lossy(&read_all(c, "user", "", false).await).into_owned();
+    assert_eq!(
+        out,
+        "1000\n1000\n1000 5\n/home/user\nCapEff:\t0000000000000000\n"
+    );
+    assert_eq!(c.wait("user", "").await.unwrap().status, 0);
+    c.remove("user").await.unwrap();
+}
