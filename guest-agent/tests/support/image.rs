@@ -19,6 +19,27 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The busybox tree of [`busybox_ext4`] as a squashfs image
+/// (`mksquashfs`, gzip), for the format comparison.
+pub fn busybox_squashfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs-src");
+    assert!(
+        root.is_dir(),
+        "build the ext4 image first (it lays out {})",
+        root.display()
+    );
+    let image = dir.join("rootfs.squashfs");
+    let _ = std::fs::remove_file(&image);
+    run(Command::new("mksquashfs").arg(&root).arg(&image).args([
+        "-quiet",
+        "-no-progress",
+        "-comp",
+        "gzip",
+        "-all-root",
+    ]));
+    image
+}
+
 /// Builds `dir/rootfs.ext4` (64 MiB): Debian's static busybox with every
 /// applet linked, /etc/passwd and /etc/group, the usual mount points.
 pub fn busybox_ext4(dir: &Path) -> PathBuf {
