@@ -38,7 +38,8 @@ fn lane_agent_runs_containers_in_a_vm() {
     );
     assert!(
         console.contains("test vm_agent_runs_the_container_scenarios ...")
-            && console.contains("test result: ok. 1 passed;"),
+            && console.contains("test vm_an_agent_that_cannot_start_powers_off_with_a_reason ...")
+            && console.contains("test result: ok. 2 passed;"),
         "{console}"
     );
 }
@@ -167,4 +168,41 @@ fn vm_agent_runs_the_container_scenarios() {
     let listening = printk_time(&console, "corral-agent: listening on vsock");
     println!("guest printk time: Run /init at {run_init:?} s, agent listening at {listening:?} s");
     assert!(run_init.is_some() && listening.is_some(), "{console}");
+}
+
+/// A guest agent that cannot start (here: a bad port on the kernel command
+/// line) powers the VM off with its reason on the console, instead of
+/// PID 1 exiting into a kernel panic.
+#[test]
+#[ignore = "needs hardware KVM for Linux user space: lane_agent_runs_containers_in_a_vm runs it in the nested lane's L1"]
+fn vm_an_agent_that_cannot_start_powers_off_with_a_reason() {
+    assert!(
+        nested::in_l1() || !common::is_pvm(),
+        "Linux user space needs hardware KVM; this /dev/kvm is PVM: run lane_agent_runs_containers_in_a_vm"
+    );
+    let kernel = common::guest_kernel("default");
+    let initrd = common::initramfs();
+    let out = Command::new(CORRAL)
+        .arg("run")
+        .arg("--kernel")
+        .arg(kernel.join("vmlinux"))
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--cmdline")
+        .arg(format!(
+            "{} corral.agent corral.agent.port=notaport",
+            corral_vmm::DEFAULT_CMDLINE
+        ))
+        .args(["--cpus", "1", "--memory", "256"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{console}", out.status);
+    assert!(
+        console.contains("corral-agent: cannot listen on vsock://-1:notaport")
+            && console.contains("powering off"),
+        "{console}"
+    );
+    assert!(!console.contains("Kernel panic"), "{console}");
 }
