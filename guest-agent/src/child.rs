@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::signal::{sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::{chdir, chroot, pivot_root, setgid, setgroups, sethostname, setuid, Gid, Uid};
 use oci_spec::runtime::{Mount, Process};
 
@@ -523,15 +523,46 @@ fn switch_user(process: &Process) -> Result<(), String> {
 }
 
 /// Signal dispositions and mask as a fresh process expects them: Rust
-/// ignores SIGPIPE at start-up, and an ignored signal stays ignored across
-/// exec.
+/// ignores SIGPIPE at start-up, whatever started the agent may have ignored
+/// others (real-time ones included), and an ignored signal stays ignored
+/// across exec.
 fn default_signals() {
-    for signal in Signal::iterator() {
-        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: installing SIG_DFL has no handler to be unsafe about.
-        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+        reset_signal(signal);
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// The kernel's `struct sigaction` (x86-64), for `rt_sigaction`.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Sets `signal` to SIG_DFL with the raw system call: glibc's `sigaction`
+/// refuses the two real-time signals it reserves for itself.
+fn reset_signal(signal: i32) {
+    let action = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction reads a valid kernel sigaction; the old action
+    // is not asked for; the size is the kernel's 8-byte signal set.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            &action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
 }

@@ -46,6 +46,7 @@ fn output_is_byte_exact_and_exit_statuses_are_kept() {
         let c = f.agent.client().await;
         c.create_sandbox("sb", "").await.unwrap();
         scenarios::output_and_exit_statuses(&c, &f.storage).await;
+        scenarios::clean_signal_state(&c, &f.storage).await;
     });
 }
 

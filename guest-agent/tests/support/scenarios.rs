@@ -124,6 +124,28 @@ pub async fn output_and_exit_statuses(c: &AgentClient, storage: &Storage) {
     c.remove("killed").await.unwrap();
 }
 
+/// The container's process starts with no signal ignored or blocked (the
+/// agent is Rust, which ignores SIGPIPE, and ignored signals survive exec).
+pub async fn clean_signal_state(c: &AgentClient, storage: &Storage) {
+    let spec = spec(
+        &["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+        false,
+        "b",
+        "",
+    );
+    c.create_container("sigs", &spec, storage.clone())
+        .await
+        .unwrap();
+    c.start("sigs").await.unwrap();
+    let out = String::from_utf8_lossy(&read_all(c, "sigs", "", false).await).into_owned();
+    assert_eq!(
+        out,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+    assert_eq!(c.wait("sigs", "").await.unwrap().status, 0);
+    c.remove("sigs").await.unwrap();
+}
+
 /// 1 MiB through stdin and back, 10 MiB of stdout, checksum-exact.
 pub async fn stdin_and_large_stdout(c: &AgentClient, storage: &Storage) {
     // 1 MiB through cat, written and read at the same time.
