@@ -119,6 +119,7 @@ fn vm_agent_runs_the_container_scenarios() {
             c.create_sandbox("vm", "corral-vm").await.unwrap();
             scenarios::output_and_exit_statuses(&c, &storage).await;
             scenarios::clean_signal_state(&c, &storage).await;
+            scenarios::sysctl_and_oom_score(&c, &storage).await;
             scenarios::stdin_and_large_stdout(&c, &storage).await;
             eprintln!("scenario: terminal");
             scenarios::terminal(&c, &storage).await;

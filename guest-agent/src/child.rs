@@ -58,10 +58,12 @@ fn run(control: &mut File, report: &mut File) -> Result<(), String> {
             readonly_root,
             masked_paths,
             readonly_paths,
+            sysctl,
         } => {
             // A cgroup namespace rooted at the cgroup the agent put us in.
             unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup: {e}"))?;
             build_root(rootfs, mounts)?;
+            write_sysctls(sysctl)?;
             restrict_paths(masked_paths, readonly_paths)?;
             if *readonly_root {
                 mount(
@@ -81,6 +83,10 @@ fn run(control: &mut File, report: &mut File) -> Result<(), String> {
     }
     if process.terminal() == Some(true) {
         open_console()?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
     }
     set_rlimits(process)?;
     let env = environment(process);
@@ -160,6 +166,20 @@ fn build_root(rootfs: &Path, mounts: &[Mount]) -> Result<(), String> {
         populate_dev(&rootfs.join("dev"))?;
     }
     enter_root(rootfs)
+}
+
+/// Writes the spec's sysctls (`net.ipv4.ip_forward` → /proc/sys/net/ipv4/
+/// ip_forward) in the container's /proc, before /proc/sys is made
+/// read-only; one that cannot be written fails the container.
+fn write_sysctls(sysctl: &[(String, String)]) -> Result<(), String> {
+    for (key, value) in sysctl {
+        if key.is_empty() || key.split('.').any(|part| part.is_empty() || part == "..") {
+            return Err(format!("invalid sysctl name {key:?}"));
+        }
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Hides `masked` paths and makes `readonly` ones read-only, in the new

@@ -52,6 +52,9 @@ pub enum ChildKind {
         masked_paths: Vec<String>,
         /// `linux.readonlyPaths`: remounted read-only.
         readonly_paths: Vec<String>,
+        /// `linux.sysctl`, written to /proc/sys (the VM is the pod: these
+        /// apply guest-wide for the non-namespaced ones).
+        sysctl: Vec<(String, String)>,
     },
     /// A process joining the namespaces of a running container's init
     /// (its PID namespace was joined at clone time).

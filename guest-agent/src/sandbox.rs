@@ -144,6 +144,10 @@ impl Sandbox {
                 readonly_paths: linux
                     .and_then(|l| l.readonly_paths().clone())
                     .unwrap_or_default(),
+                sysctl: linux
+                    .and_then(|l| l.sysctl().clone())
+                    .map(|m| m.into_iter().collect())
+                    .unwrap_or_default(),
             },
             process,
         };

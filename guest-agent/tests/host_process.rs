@@ -47,6 +47,7 @@ fn output_is_byte_exact_and_exit_statuses_are_kept() {
         c.create_sandbox("sb", "").await.unwrap();
         scenarios::output_and_exit_statuses(&c, &f.storage).await;
         scenarios::clean_signal_state(&c, &f.storage).await;
+        scenarios::sysctl_and_oom_score(&c, &f.storage).await;
     });
 }
 

@@ -124,6 +124,46 @@ pub async fn output_and_exit_statuses(c: &AgentClient, storage: &Storage) {
     c.remove("killed").await.unwrap();
 }
 
+/// linux.sysctl is applied (kernel.shmmax is IPC-namespaced: this
+/// container's only) and process.oomScoreAdj too.
+pub async fn sysctl_and_oom_score(c: &AgentClient, storage: &Storage) {
+    let mut s: serde_json::Value = serde_json::from_slice(&spec(
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/shmmax /proc/self/oom_score_adj",
+        ],
+        false,
+        "b",
+        "",
+    ))
+    .unwrap();
+    s["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "123456789"});
+    s["process"]["oomScoreAdj"] = serde_json::json!(500);
+    c.create_container("sysctl", &serde_json::to_vec(&s).unwrap(), storage.clone())
+        .await
+        .unwrap();
+    c.start("sysctl").await.unwrap();
+    let out = String::from_utf8_lossy(&read_all(c, "sysctl", "", false).await).into_owned();
+    assert_eq!(out, "123456789\n500\n");
+    assert_eq!(c.wait("sysctl", "").await.unwrap().status, 0);
+    c.remove("sysctl").await.unwrap();
+    // A sysctl that does not exist fails the container, with its name.
+    s["linux"]["sysctl"] = serde_json::json!({"kernel.no_such_knob": "1"});
+    let err = c
+        .create_container(
+            "badsysctl",
+            &serde_json::to_vec(&s).unwrap(),
+            storage.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("sysctl kernel.no_such_knob=1"),
+        "{err}"
+    );
+}
+
 /// The container's process starts with no signal ignored or blocked (the
 /// agent is Rust, which ignores SIGPIPE, and ignored signals survive exec).
 pub async fn clean_signal_state(c: &AgentClient, storage: &Storage) {
