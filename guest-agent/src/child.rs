@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-use nix::unistd::{chdir, chroot, pivot_root, setgid, setgroups, sethostname, setuid, Gid, Uid};
+use nix::unistd::{chdir, pivot_root, setgid, setgroups, sethostname, setuid, Gid, Uid};
 use oci_spec::runtime::{Mount, Process};
 
 use crate::child_config::{ChildConfig, ChildKind, CONSOLE_FD, CONTROL_FD, REPORT_FD};
 use crate::mountopts::MountOptions;
 use crate::passwd;
+use crate::securejoin::secure_join;
 
 /// Runs the child; never returns.
 pub fn main() -> ! {
@@ -37,6 +38,12 @@ pub fn main() -> ! {
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
     }
+    // Not ptrace-able or /proc-readable by the container's processes while
+    // it holds the agent's pipes (exec resets this for the process).
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // Nothing the agent happened to have open reaches the container.
+    close_from(CONSOLE_FD + 1);
     let err = match run(&mut control, &mut report) {
         Ok(()) => std::process::exit(0),
         Err(e) => e,
@@ -50,6 +57,10 @@ pub fn main() -> ! {
 fn run(control: &mut File, report: &mut File) -> Result<(), String> {
     let config = read_config(control)?;
     let process = &config.process;
+    if process.terminal() != Some(true) {
+        // CONSOLE_FD is only ours with a terminal.
+        close_from(CONSOLE_FD);
+    }
     match &config.kind {
         ChildKind::Init {
             rootfs,
@@ -120,6 +131,19 @@ fn run(control: &mut File, report: &mut File) -> Result<(), String> {
     Err(format!("cannot execute {}: {e}", program.to_string_lossy()))
 }
 
+/// Marks every fd from `first` on close-on-exec.
+fn close_from(first: i32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            4 as libc::c_uint,
+        )
+    };
+}
+
 fn read_config(control: &mut File) -> Result<ChildConfig, String> {
     let mut len = [0u8; 4];
     control
@@ -163,7 +187,7 @@ fn build_root(rootfs: &Path, mounts: &[Mount]) -> Result<(), String> {
         }
     }
     if dev_is_tmpfs {
-        populate_dev(&rootfs.join("dev"))?;
+        populate_dev(&secure_join(rootfs, Path::new("/dev"))?)?;
     }
     enter_root(rootfs)
 }
@@ -233,24 +257,8 @@ fn restrict_paths(masked: &[String], readonly: &[String]) -> Result<(), String> 
     Ok(())
 }
 
-/// `dest` inside `rootfs`, refusing `..` (the rootfs is the container's
-/// own; a symlink in it could still point out: mounts are created by the
-/// agent's spec only, whose paths come from the host).
-fn inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, String> {
-    if dest
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(format!(
-            "mount destination {} contains '..'",
-            dest.display()
-        ));
-    }
-    Ok(rootfs.join(dest.strip_prefix("/").unwrap_or(dest)))
-}
-
 fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), String> {
-    let dest = inside(rootfs, m.destination())?;
+    let dest = secure_join(rootfs, m.destination())?;
     let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[]));
     let mut typ = m.typ().clone().unwrap_or_default();
     if opts.bind {
@@ -384,11 +392,9 @@ fn enter_root(rootfs: &Path) -> Result<(), String> {
             .map_err(|e| format!("old root private: {e}"))?;
             umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach old root: {e}"))?;
         }
-        Err(nix::errno::Errno::EINVAL) => {
-            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-                .map_err(|e| format!("move {} to /: {e}", rootfs.display()))?;
-            chroot(".").map_err(|e| format!("chroot: {e}"))?;
-        }
+        // No chroot fallback (an initramfs root cannot be pivoted away
+        // from): a container with CAP_SYS_CHROOT can leave a chroot. The
+        // guest's init gives the agent a tmpfs root for this.
         Err(e) => return Err(format!("pivot_root {}: {e}", rootfs.display())),
     }
     chdir("/").map_err(|e| format!("chdir /: {e}"))

@@ -17,6 +17,7 @@ mod process;
 mod reaper;
 mod rootfs;
 mod sandbox;
+mod securejoin;
 mod server;
 mod spawn;
 mod stdio;
@@ -69,11 +70,20 @@ fn main() {
         std::panic::set_hook(Box::new(|info| pid1::power_off(&format!("panic: {info}"))));
         pid1::mount_basics();
     }
-    let args = Args::parse();
-    if let Err(e) = run(args, pid1) {
-        if pid1 {
-            pid1::power_off(&e);
-        }
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !pid1 => e.exit(),
+        Err(e) => pid1::power_off(&format!("bad arguments: {}", e.to_string().trim())),
+    };
+    let result = run(args, pid1);
+    if pid1 {
+        // PID 1 must never return: the kernel would panic.
+        pid1::power_off(&match result {
+            Ok(()) => "the agent stopped".to_string(),
+            Err(e) => e,
+        });
+    }
+    if let Err(e) = result {
         eprintln!("corral-agent: {e}");
         std::process::exit(1);
     }
@@ -86,6 +96,7 @@ fn run(args: Args, pid1: bool) -> Result<(), Fatal> {
             args.drain_grace
         ));
     }
+    raise_nofile();
     if !pid1 {
         // Orphans of container processes come to us, not to the host's
         // init, so the reaper sees them.
@@ -97,6 +108,17 @@ fn run(args: Args, pid1: bool) -> Result<(), Fatal> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(serve(args, pid1))
+}
+
+/// Every container process costs the agent a few fds (pipes, pty): the
+/// soft limit goes up to the hard one.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the fd limit to {hard}: {e}");
+        }
+    }
 }
 
 async fn serve(args: Args, pid1: bool) -> Result<(), Fatal> {

@@ -24,7 +24,7 @@ use crate::child_config::ChildConfig;
 use crate::error::AgentError;
 use crate::reaper::{Exit, ExitWatch};
 use crate::spawn::{ChildFds, Spawner};
-use crate::stdio::{async_fd, read_fd, Input, Output};
+use crate::stdio::{async_fd, read_fd, write_fd, Input, Output};
 
 /// How long a child may take to set up (mounts, user) before it counts as
 /// hung.
@@ -43,7 +43,8 @@ pub struct Process {
     pub stdout: Output,
     /// stderr; `None` with a terminal.
     pub stderr: Option<Output>,
-    pty_master: Option<OwnedFd>,
+    pty_master: std::sync::Mutex<Option<OwnedFd>>,
+    wait_delivered: std::sync::atomic::AtomicBool,
     control: std::sync::Mutex<Option<File>>,
     report: tokio::sync::Mutex<Option<AsyncFd<OwnedFd>>>,
 }
@@ -116,13 +117,24 @@ impl Process {
             e
         };
         cgroups.add(cgroup, pid).map_err(kill)?;
-        let mut control = File::from(control_w);
         let json = serde_json::to_vec(config).map_err(|e| kill(AgentError::MalformedSpec(e)))?;
         let mut framed = (json.len() as u32).to_le_bytes().to_vec();
         framed.extend_from_slice(&json);
-        control
-            .write_all(&framed)
-            .map_err(|e| kill(AgentError::sys("send the child its config", e)))?;
+        // Asynchronously: a config larger than the pipe waits for the child
+        // to read it, and nothing else may wait meanwhile.
+        let control = async_fd(control_w).map_err(|e| kill(AgentError::sys("control pipe", e)))?;
+        match tokio::time::timeout(SETUP_TIMEOUT, write_fd(&control, &framed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(kill(AgentError::sys("send the child its config", e))),
+            Err(_) => {
+                return Err(kill(AgentError::ChildFailed {
+                    id: id.clone(),
+                    message: format!("did not read its config within {SETUP_TIMEOUT:?}"),
+                }))
+            }
+        }
+        // The start byte goes into an empty pipe: a plain write is enough.
+        let control = File::from(control.into_inner());
         let report = async_fd(report_r).map_err(|e| kill(AgentError::sys("report pipe", e)))?;
         let said = tokio::time::timeout(SETUP_TIMEOUT, read_report(&report, true))
             .await
@@ -191,7 +203,8 @@ impl Process {
             stdin,
             stdout,
             stderr,
-            pty_master,
+            pty_master: std::sync::Mutex::new(pty_master),
+            wait_delivered: std::sync::atomic::AtomicBool::new(false),
             control: std::sync::Mutex::new(Some(control)),
             report: tokio::sync::Mutex::new(Some(report)),
         })
@@ -248,6 +261,36 @@ impl Process {
         }
     }
 
+    /// Once the process ends, frees what only a live process needs: the
+    /// agent's stdin end and the terminal's master copy (output is drained
+    /// on its own and kept until read).
+    pub fn release_on_exit(self: &std::sync::Arc<Self>) {
+        let p = self.clone();
+        tokio::spawn(async move {
+            p.wait().await;
+            p.stdin.release().await;
+            p.pty_master
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        });
+    }
+
+    /// Records that WaitProcess returned this process's exit to the host.
+    pub fn mark_wait_delivered(&self) {
+        self.wait_delivered
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the host has everything: the exit status and every output
+    /// stream to its end. An exec in that state can be forgotten.
+    pub fn fully_collected(&self) -> bool {
+        self.wait_delivered
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self.stdout.eof_read()
+            && self.stderr.as_ref().is_none_or(|e| e.eof_read())
+    }
+
     /// The exit, if it ended.
     pub fn exited(&self) -> Option<Exit> {
         *self.exit.borrow()
@@ -266,9 +309,10 @@ impl Process {
 
     /// Resizes the terminal.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), AgentError> {
-        let Some(master) = &self.pty_master else {
+        let master = self.pty_master.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(master) = master.as_ref() else {
             return Err(AgentError::InvalidArgument(
-                "the process has no terminal to resize".into(),
+                "the process has no terminal to resize (or it ended)".into(),
             ));
         };
         let size = Winsize {

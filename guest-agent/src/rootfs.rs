@@ -178,9 +178,20 @@ impl Rootfs {
     /// Unmounts everything (lazily: a process that survived the kill
     /// cannot keep it busy) and removes the directory.
     pub fn unmount(&mut self) -> Result<(), AgentError> {
+        // Every target is tried; the ones that failed stay listed for a
+        // later attempt.
+        let mut first = None;
+        let mut kept = Vec::new();
         while let Some(target) = self.mounted.pop() {
-            umount2(&target, MntFlags::MNT_DETACH)
-                .map_err(|e| AgentError::path("unmount", &target, e))?;
+            if let Err(e) = umount2(&target, MntFlags::MNT_DETACH) {
+                first.get_or_insert(AgentError::path("unmount", &target, e));
+                kept.push(target);
+            }
+        }
+        kept.reverse();
+        self.mounted = kept;
+        if let Some(e) = first {
+            return Err(e);
         }
         // remove_dir, never remove_dir_all: a directory that is still a
         // mount point must not lose the container's files.

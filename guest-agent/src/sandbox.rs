@@ -120,7 +120,13 @@ impl Sandbox {
             // describe the host; in the guest it is always cgroupfs.
             tracing::debug!(container = id, cgroups_path = %path.display(), "host cgroup path not used in the guest");
         }
-        let mut rootfs = Rootfs::mount(&self.state_dir, id, storage)?;
+        // Off the runtime thread: waiting for the disk and mounting (an
+        // ext4 journal replay) can take a while.
+        let (state_dir, cid, storage) = (self.state_dir.clone(), id.to_string(), storage.clone());
+        let mut rootfs =
+            tokio::task::spawn_blocking(move || Rootfs::mount(&state_dir, &cid, &storage))
+                .await
+                .map_err(|e| AgentError::sys("mount the rootfs", std::io::Error::other(e)))??;
         let cgroup = match self
             .cgroups
             .create(id, linux.and_then(|l| l.resources().as_ref()))
@@ -166,7 +172,11 @@ impl Sandbox {
         )
         .await;
         let init = match init {
-            Ok(p) => Arc::new(p),
+            Ok(p) => {
+                let p = Arc::new(p);
+                p.release_on_exit();
+                p
+            }
             Err(e) => {
                 self.cleanup(&cgroup, &mut rootfs).await;
                 return Err(e);
@@ -266,6 +276,7 @@ impl Sandbox {
         .await?;
         p.exec_id = exec_id.to_string();
         let p = Arc::new(p);
+        p.release_on_exit();
         {
             let mut execs = lock(&c.execs);
             if execs.contains_key(exec_id) {
@@ -307,7 +318,27 @@ impl Sandbox {
 
     /// Waits for a process to end.
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Exit, AgentError> {
-        Ok(self.process(id, exec_id)?.wait().await)
+        let p = self.process(id, exec_id)?;
+        let exit = p.wait().await;
+        p.mark_wait_delivered();
+        self.forget_if_collected(id, &p);
+        Ok(exit)
+    }
+
+    /// An exec whose exit and output the host has all collected is
+    /// forgotten (its id can be used again); the init stays until
+    /// RemoveContainer.
+    fn forget_if_collected(&self, id: &str, p: &Arc<Process>) {
+        if p.exec_id.is_empty() || !p.fully_collected() {
+            return;
+        }
+        if let Ok(c) = self.container(id) {
+            let mut execs = lock(&c.execs);
+            if execs.get(&p.exec_id).is_some_and(|e| Arc::ptr_eq(e, p)) {
+                execs.remove(&p.exec_id);
+                tracing::debug!(container = id, exec = %p.exec_id, "exec collected and forgotten");
+            }
+        }
     }
 
     /// Writes to a process's stdin.
@@ -343,12 +374,16 @@ impl Sandbox {
         len: usize,
     ) -> Result<(Vec<u8>, bool), AgentError> {
         let p = self.process(id, exec_id)?;
-        match (stderr, &p.stderr) {
-            (false, _) => Ok(p.stdout.read(len).await),
-            (true, Some(err)) => Ok(err.read(len).await),
+        let read = match (stderr, &p.stderr) {
+            (false, _) => p.stdout.read(len).await,
+            (true, Some(err)) => err.read(len).await,
             // A terminal has everything on stdout.
-            (true, None) => Ok((Vec::new(), true)),
+            (true, None) => (Vec::new(), true),
+        };
+        if read.1 {
+            self.forget_if_collected(id, &p);
         }
+        Ok(read)
     }
 
     /// Resizes a process's terminal.
@@ -381,7 +416,7 @@ impl Sandbox {
         let cgroups = self.cgroups.clone();
         let removed = tokio::task::spawn_blocking(move || cgroups.kill_and_remove(&dir))
             .await
-            .map_err(|e| AgentError::sys("cgroup removal", std::io::Error::other(e)))?;
+            .unwrap_or_else(|e| Err(AgentError::sys("cgroup removal", std::io::Error::other(e))));
         // Every process was killed: their exits arrive through the reaper.
         let _ = tokio::time::timeout(Duration::from_secs(10), c.init.wait()).await;
         let execs: Vec<Arc<Process>> = lock(&c.execs).values().cloned().collect();

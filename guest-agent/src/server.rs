@@ -9,6 +9,7 @@ use corral_protocol::agent_ttrpc::Agent;
 use corral_protocol::ttrpc::{self, r#async::TtrpcContext};
 use corral_protocol::PROTOCOL_VERSION;
 
+use crate::error::AgentError;
 use crate::sandbox::Sandbox;
 
 /// See the module documentation.
@@ -20,6 +21,17 @@ pub struct Service {
 }
 
 type Reply<T> = ttrpc::Result<T>;
+
+/// Runs `work` as its own task: ttrpc drops a handler whose deadline
+/// passed, and a create or remove cut in the middle would leave mounts and
+/// cgroups behind; as a task it finishes either way.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(AgentError::sys("agent task", std::io::Error::other(e))))
+}
 
 fn empty() -> Reply<Empty> {
     Ok(Empty::new())
@@ -49,17 +61,20 @@ impl Agent for Service {
         req: CreateContainerRequest,
     ) -> Reply<CreateContainerResponse> {
         let storage = req.rootfs.into_option().unwrap_or_default();
-        let pid = self
-            .sandbox
-            .create(&req.container_id, &req.oci_spec_json, &storage)
-            .await?;
+        let sb = self.sandbox.clone();
+        let pid = to_completion(async move {
+            sb.create(&req.container_id, &req.oci_spec_json, &storage)
+                .await
+        })
+        .await?;
         let mut r = CreateContainerResponse::new();
         r.pid = pid;
         Ok(r)
     }
 
     async fn start_container(&self, _: &TtrpcContext, req: ContainerRequest) -> Reply<Empty> {
-        self.sandbox.start(&req.container_id).await?;
+        let sb = self.sandbox.clone();
+        to_completion(async move { sb.start(&req.container_id).await }).await?;
         empty()
     }
 
@@ -68,10 +83,12 @@ impl Agent for Service {
         _: &TtrpcContext,
         req: ExecProcessRequest,
     ) -> Reply<ExecProcessResponse> {
-        let pid = self
-            .sandbox
-            .exec(&req.container_id, &req.exec_id, &req.process_json)
-            .await?;
+        let sb = self.sandbox.clone();
+        let pid = to_completion(async move {
+            sb.exec(&req.container_id, &req.exec_id, &req.process_json)
+                .await
+        })
+        .await?;
         let mut r = ExecProcessResponse::new();
         r.pid = pid;
         Ok(r)
@@ -158,15 +175,20 @@ impl Agent for Service {
     }
 
     async fn remove_container(&self, _: &TtrpcContext, req: ContainerRequest) -> Reply<Empty> {
-        self.sandbox.remove(&req.container_id).await?;
+        let sb = self.sandbox.clone();
+        to_completion(async move { sb.remove(&req.container_id).await }).await?;
         empty()
     }
 
     async fn destroy_sandbox(&self, _: &TtrpcContext, req: DestroySandboxRequest) -> Reply<Empty> {
-        self.sandbox.destroy().await?;
+        let sb = self.sandbox.clone();
+        let destroyed = to_completion(async move { sb.destroy().await }).await;
+        // Powered off even if a container could not be cleaned up: the VM
+        // is going away anyway.
         if req.power_off {
             let _ = self.power_off.send(()).await;
         }
+        destroyed?;
         empty()
     }
 }

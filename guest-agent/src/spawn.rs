@@ -112,7 +112,11 @@ fn run_job(reaper: &Reaper, own_pidns: &File, job: &Job) -> io::Result<(i32, Exi
     if job.join_pidns.is_some() {
         if let Err(e) = setns(own_pidns.as_fd(), CloneFlags::CLONE_NEWPID) {
             // Every later child would land in that container: stop here.
-            tracing::error!("cannot return the spawner to the agent's PID namespace: {e}");
+            let reason = format!("cannot return the spawner to the agent's PID namespace: {e}");
+            tracing::error!("{reason}");
+            if std::process::id() == 1 {
+                crate::pid1::power_off(&reason);
+            }
             std::process::abort();
         }
     }

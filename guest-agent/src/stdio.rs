@@ -62,6 +62,7 @@ pub async fn write_fd(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> 
 /// One output stream of a process.
 pub struct Output {
     inner: Mutex<OutputInner>,
+    eof_read: std::sync::atomic::AtomicBool,
 }
 
 struct OutputInner {
@@ -80,7 +81,13 @@ impl Output {
                 rx,
                 pending: Vec::new(),
             }),
+            eof_read: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether a reader has been given the end of the stream.
+    pub fn eof_read(&self) -> bool {
+        self.eof_read.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Up to `max` bytes, waiting until there are some; `(empty, true)` at
@@ -91,7 +98,11 @@ impl Output {
         if inner.pending.is_empty() {
             match inner.rx.recv().await {
                 Some(chunk) => inner.pending = chunk,
-                None => return (Vec::new(), true),
+                None => {
+                    self.eof_read
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    return (Vec::new(), true);
+                }
             }
         }
         while inner.pending.len() < max {
@@ -121,7 +132,10 @@ async fn drain(
         if deadline.is_none() && exited.borrow().is_some() {
             deadline = Some(Instant::now() + grace);
         }
+        // Biased: data already in the pipe is always read before the grace
+        // deadline is looked at, so nothing the process wrote is dropped.
         let result = tokio::select! {
+            biased;
             r = read_fd(&fd, &mut buf) => r,
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 tracing::debug!(fd = fd.as_raw_fd(), "output still open after the grace period; closed");
@@ -170,6 +184,11 @@ impl Input {
             Some(fd) => write_fd(fd, data).await,
             None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "stdin is closed")),
         }
+    }
+
+    /// Drops the agent's end (the process ended: nothing will read it).
+    pub async fn release(&self) {
+        self.fd.lock().await.take();
     }
 
     /// Closes stdin: the pipe's write end, or for a terminal an end-of-file

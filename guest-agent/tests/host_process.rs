@@ -118,3 +118,50 @@ fn a_hundred_containers_in_a_row_leak_nothing() {
         assert_eq!(f.agent.footprint(), before, "exec leaked");
     });
 }
+
+#[test]
+fn finished_execs_are_forgotten_and_free_their_fds() {
+    use scenarios::{process, read_all, spec};
+    let f = fixture("execfree");
+    block_on(async {
+        let c = f.agent.client().await;
+        c.create_container(
+            "svc",
+            &spec(&["sleep", "1000"], false, "b", ""),
+            f.storage.clone(),
+        )
+        .await
+        .unwrap();
+        c.start("svc").await.unwrap();
+        // Pipes and terminals, output read to the end, exit collected.
+        let run = |i: usize| {
+            let c = c.clone();
+            async move {
+                let id = format!("e{i}");
+                let tty = i.is_multiple_of(5);
+                c.exec("svc", &id, &process(&["echo", "x"], tty))
+                    .await
+                    .unwrap();
+                let out = read_all(&c, "svc", &id, false).await;
+                assert!(out.starts_with(b"x"), "{out:?}");
+                read_all(&c, "svc", &id, true).await;
+                assert_eq!(c.wait("svc", &id).await.unwrap().status, 0);
+            }
+        };
+        for i in 0..5 {
+            run(i).await;
+        }
+        let before = f.agent.footprint();
+        for i in 5..65 {
+            run(i).await;
+        }
+        assert_eq!(
+            f.agent.footprint(),
+            before,
+            "(mounts, fds, children, cgroups) grew"
+        );
+        // A collected exec's id can be used again.
+        run(0).await;
+        c.remove("svc").await.unwrap();
+    });
+}
