@@ -1,14 +1,10 @@
-//! `corral run`'s cgroup placement: builds the sandbox's cgroups from the
-//! command line, places the VM's threads between `Vmm::create` and
-//! `Vmm::start` (so no guest instruction runs unconstrained), and reports
-//! CPU time and memory at the end.
-
-use std::time::Instant;
+//! `corral run`'s cgroup options: the sandbox's cgroup configuration from
+//! the command line, and its errors said in the options' terms. Placement
+//! itself is the pod lifecycle's (`corral_runtime::pod`).
 
 use anyhow::Context;
-use corral_runtime::cgroup::{Blocker, CgroupConfig, CgroupError, Limit, PlacementMode, Sandbox};
-use corral_vmm::Vmm;
-use tracing::info;
+use corral_runtime::cgroup::{Blocker, CgroupConfig, CgroupError, Limit, PlacementMode};
+use corral_runtime::pod::PodError;
 
 /// The cgroup options of `corral run`.
 #[derive(clap::Args, Debug)]
@@ -53,12 +49,8 @@ fn parse_quota(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Creates the sandbox cgroups (if asked for) and places the VM's threads.
-pub fn place(
-    args: &CgroupArgs,
-    vmm: &Vmm,
-    disks: Vec<std::path::PathBuf>,
-) -> anyhow::Result<Option<Sandbox>> {
+/// The sandbox's cgroup configuration from the command line, if asked for.
+pub fn config(args: &CgroupArgs) -> anyhow::Result<Option<CgroupConfig>> {
     let Some(parent) = &args.cgroup_parent else {
         return Ok(None);
     };
@@ -77,31 +69,16 @@ pub fn place(
         })
         .transpose()?;
     config.pin_vcpus = args.pin_vcpus;
-    config.disks = disks;
-    let mut sandbox = Sandbox::create(&config).map_err(|e| create_error(e, args))?;
-    let report = sandbox
-        .place(&vmm.vcpu_tids(), &vmm.other_tids())
-        .context("cannot place the VM's threads in their cgroups")?;
-    let placed = Instant::now();
-    for (v, spawned) in report.vcpus.iter().zip(vmm.vcpu_spawned_at()) {
-        info!(
-            "cgroups: vcpu{} (TID {}) placed {} µs after its thread was spawned (the move itself took {} µs)",
-            v.index,
-            v.tid,
-            placed.duration_since(spawned).as_micros(),
-            v.latency_us
-        );
+    Ok(Some(config))
+}
+
+/// A pod that could not be made, in one line; a cgroup limit that cannot
+/// be enforced is named by its option, with what to do.
+pub fn pod_error(error: PodError, args: &CgroupArgs) -> anyhow::Error {
+    match error {
+        PodError::Cgroups(e) => create_error(e, args),
+        other => anyhow::Error::new(other),
     }
-    for warning in &report.warnings {
-        tracing::warn!("cgroups: {warning}");
-    }
-    let paths = sandbox.paths();
-    info!(
-        "cgroups: {:?} placement, {:?} driver; {paths:?}",
-        config.mode,
-        sandbox.driver().kind
-    );
-    Ok(Some(sandbox))
 }
 
 /// The error of a failed [`Sandbox::create`], in one line; a limit that
@@ -132,38 +109,4 @@ fn create_error(error: CgroupError, args: &CgroupArgs) -> anyhow::Error {
         "{option}: the {} controller cannot be enabled in {cgroup}, {blocker}; {hint}",
         limit.controller()
     )
-}
-
-/// Logs CPU time and memory of the sandbox, then removes its cgroups.
-pub fn finish(sandbox: Option<Sandbox>, vcpu_cpu: &[std::time::Duration]) {
-    let Some(mut sandbox) = sandbox else { return };
-    let vcpu: std::time::Duration = vcpu_cpu.iter().sum();
-    let process = process_cpu_time();
-    info!(
-        "cpu: vCPU threads {} ms, every other thread {} ms (process total {} ms)",
-        vcpu.as_millis(),
-        process.saturating_sub(vcpu).as_millis(),
-        process.as_millis()
-    );
-    match sandbox.stats() {
-        Ok(stats) => info!("cgroups: stats {stats:?}"),
-        Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
-    }
-    if let Err(e) = sandbox.teardown() {
-        tracing::warn!("cgroups: teardown incomplete: {e}");
-    }
-}
-
-/// CPU time of the whole process so far (joined threads included).
-fn process_cpu_time() -> std::time::Duration {
-    // SAFETY: getrusage writes into the zeroed rusage we own.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
-            return std::time::Duration::ZERO;
-        }
-        usage
-    };
-    let tv = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

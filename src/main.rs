@@ -24,9 +24,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use corral_vmm::{
-    ConsoleConfig, ConsoleInput, ConsoleOutput, VmConfig, VmExit, Vmm, DEFAULT_CMDLINE,
-};
+use corral_runtime::pod::{Pod, PodConfig};
+use corral_vmm::{ConsoleConfig, ConsoleInput, ConsoleOutput, VmConfig, VmExit, DEFAULT_CMDLINE};
 
 /// Corral: a container runtime with a built-in micro-VM monitor.
 #[derive(Parser)]
@@ -127,7 +126,6 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ConsoleInput::None
         },
     };
-    let disk_paths = args.disks.iter().map(|d| d.path.clone()).collect();
     let config = VmConfig {
         vcpus: args.cpus,
         memory_mib: args.memory,
@@ -139,15 +137,19 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         nets: args.nets,
         vsock: args.vsock,
     };
-    let mut vmm = Vmm::create(config).context("cannot start the VM")?;
-    // Between create and start: every thread exists, no guest code has run.
-    let sandbox = cgroups::place(&args.cgroups, &vmm, disk_paths)?;
-    vmm.start();
-    signals::spawn_shutdown_thread(termination, vmm.shutdown_handle())?;
-    let exit = vmm.wait();
-    let vcpu_cpu = vmm.vcpu_cpu_times();
-    drop(vmm);
-    cgroups::finish(sandbox, &vcpu_cpu);
+    let pod = PodConfig {
+        vm: config,
+        cgroup: cgroups::config(&args.cgroups)?,
+    };
+    // Between create and start every thread exists and is placed, and no
+    // guest code has run.
+    let mut pod = Pod::create(pod).map_err(|e| cgroups::pod_error(e, &args.cgroups))?;
+    pod.start();
+    signals::spawn_shutdown_thread(termination, pod.shutdown_handle())?;
+    let exit = pod.wait();
+    if let Err(e) = pod.teardown() {
+        tracing::warn!("cgroups: teardown incomplete: {e}");
+    }
     Ok(report(&exit))
 }
 

@@ -8,3 +8,4 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod pod;
