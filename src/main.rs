@@ -1,9 +1,11 @@
-//! `corral`: boot a micro-VM in this process and stream its serial console.
+//! `corral`: boot a micro-VM in this process and stream its serial console,
+//! or run one container in it (`--rootfs IMAGE -- CMD`).
 //!
 //! Exit status of `corral run`: 0 when the guest powers off; 3 when it asks
 //! for a reset (Corral does not reboot guests); 4 when it crashes; 5 when a
 //! vCPU fails; 130 when stopped by SIGINT/SIGTERM/SIGHUP; 1 when the VM
-//! cannot be built; 2 for bad usage. Every failure prints one line on stderr.
+//! cannot be built; 2 for bad usage. With `--rootfs`, the container's own
+//! exit status. Every failure prints one line on stderr.
 
 /// Writes one line to stderr, ignoring failure: `eprintln!` would panic
 /// when stderr is a closed pipe, and there is nowhere else to report to.
@@ -15,6 +17,7 @@ macro_rules! say_err {
 }
 
 mod cgroups;
+mod container;
 mod device_args;
 mod signals;
 
@@ -77,6 +80,17 @@ struct RunArgs {
     vsock: Option<corral_vmm::VsockConfig>,
     #[command(flatten)]
     cgroups: cgroups::CgroupArgs,
+    /// Run a container: its root filesystem image (ext4, squashfs or
+    /// erofs), which the guest agent mounts; the command goes after `--`.
+    /// Boot the initramfs that has the agent (rootfs/build.sh).
+    #[arg(long, value_name = "IMAGE")]
+    rootfs: Option<PathBuf>,
+    /// An environment variable of the container's process (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", requires = "rootfs")]
+    env: Vec<String>,
+    /// The container's command and its arguments (with --rootfs).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +133,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let console = ConsoleConfig {
         output: args
             .console_file
+            .clone()
             .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
         input: if stdin_is_interactive() {
             ConsoleInput::Stdin
@@ -126,7 +141,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ConsoleInput::None
         },
     };
-    let config = VmConfig {
+    let mut config = VmConfig {
         vcpus: args.cpus,
         memory_mib: args.memory,
         kernel: args.kernel,
@@ -137,6 +152,31 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         nets: args.nets,
         vsock: args.vsock,
     };
+    let container_prepared = match &args.rootfs {
+        Some(rootfs) => {
+            if args.command.is_empty() {
+                anyhow::bail!(
+                    "--rootfs needs the container's command after `--` (e.g. -- echo hi)"
+                );
+            }
+            if args.console_file.is_none() {
+                // The container's output is this process's stdout.
+                config.console.output = ConsoleOutput::File(PathBuf::from("/dev/null"));
+            }
+            Some(container::prepare_vm(
+                &mut config,
+                rootfs,
+                &args.command,
+                &args.env,
+            )?)
+        }
+        None => {
+            if !args.command.is_empty() {
+                anyhow::bail!("a command after `--` runs in a container: give --rootfs IMAGE");
+            }
+            None
+        }
+    };
     let pod = PodConfig {
         vm: config,
         cgroup: cgroups::config(&args.cgroups)?,
@@ -146,11 +186,28 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut pod = Pod::create(pod).map_err(|e| cgroups::pod_error(e, &args.cgroups))?;
     pod.start();
     signals::spawn_shutdown_thread(termination, pod.shutdown_handle())?;
+    let container = container_prepared
+        .as_ref()
+        .map(|prepared| container::run(&mut pod, prepared));
+    if let Some(Err(_)) = &container {
+        // The VM may still run: stop it before tearing down.
+        pod.shutdown_handle().request();
+    }
     let exit = pod.wait();
     if let Err(e) = pod.teardown() {
         tracing::warn!("cgroups: teardown incomplete: {e}");
     }
-    Ok(report(&exit))
+    if let Some(socket) = container_prepared
+        .as_ref()
+        .and_then(|p| p.added_socket.as_ref())
+    {
+        let _ = std::fs::remove_file(socket);
+    }
+    match container {
+        Some(Ok(status)) => Ok(ExitCode::from(u8::try_from(status).unwrap_or(255))),
+        Some(Err(e)) => Err(e),
+        None => Ok(report(&exit)),
+    }
 }
 
 /// Prints why the VM ended (unless it powered off) and picks the status.

@@ -39,7 +39,8 @@ fn lane_agent_runs_containers_in_a_vm() {
     assert!(
         console.contains("test vm_agent_runs_the_container_scenarios ...")
             && console.contains("test vm_an_agent_that_cannot_start_powers_off_with_a_reason ...")
-            && console.contains("test result: ok. 2 passed;"),
+            && console.contains("test vm_corral_run_runs_one_container_and_returns_its_status ...")
+            && console.contains("test result: ok. 3 passed;"),
         "{console}"
     );
 }
@@ -207,4 +208,46 @@ fn vm_an_agent_that_cannot_start_powers_off_with_a_reason() {
         "{console}"
     );
     assert!(!console.contains("Kernel panic"), "{console}");
+}
+
+/// `corral run --rootfs IMAGE -- CMD`: one container in a micro-VM from the
+/// command line, its stdout and stderr here, its exit status Corral's.
+#[test]
+#[ignore = "needs hardware KVM for Linux user space: lane_agent_runs_containers_in_a_vm runs it in the nested lane's L1"]
+fn vm_corral_run_runs_one_container_and_returns_its_status() {
+    assert!(
+        nested::in_l1() || !common::is_pvm(),
+        "Linux user space needs hardware KVM; this /dev/kvm is PVM: run lane_agent_runs_containers_in_a_vm"
+    );
+    let kernel = common::guest_kernel("default");
+    let initrd = common::initramfs();
+    let dir = common::scratch_dir("corral-run-container");
+    let image = image::busybox_ext4(&dir);
+    let out = Command::new(CORRAL)
+        .arg("run")
+        .arg("--kernel")
+        .arg(kernel.join("vmlinux"))
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--memory", "256"])
+        .arg("--rootfs")
+        .arg(&image)
+        .args(["--env", "GREETING=hello from a container"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING; hostname; echo oops >&2; exit 3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from a container\ncorral\n",
+        "{stderr}"
+    );
+    assert!(stderr.contains("oops"), "{stderr}");
 }

@@ -6,6 +6,10 @@
 //! logged, cgroups removed). Front ends differ only in where the inputs
 //! come from and where stdio goes.
 
+mod spec;
+
+pub use spec::{container_spec, ContainerSpecError};
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -85,6 +89,11 @@ impl Pod {
     /// Blocks until the VM ends.
     pub fn wait(&mut self) -> VmExit {
         self.vmm.wait()
+    }
+
+    /// Like [`Pod::wait`], giving up after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<VmExit> {
+        self.vmm.wait_timeout(Some(timeout))
     }
 
     /// The sandbox's cgroups, when placed.

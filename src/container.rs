@@ -1,0 +1,131 @@
+//! `corral run --rootfs IMAGE -- CMD…`: one container in a micro-VM. The VM
+//! boots with the guest agent as PID 1 (`corral.agent`), the image is a
+//! virtio-blk disk the agent mounts (serial `corral-rootfs`), the agent is
+//! reached through a vsock device (one is added when none is given), the
+//! container's stdout and stderr are streamed here, and the exit status is
+//! the workload's. The guest console goes to `--console-file` (or nowhere).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use corral_runtime::agent::{AgentClient, Storage};
+use corral_runtime::pod::{container_spec, Pod, PodError};
+use corral_vmm::{DiskCache, DiskConfig, VmConfig, VsockConfig};
+
+/// The virtio serial of the container's rootfs disk.
+const ROOTFS_SERIAL: &str = "corral-rootfs";
+/// How long the agent may take to answer after the VM starts.
+const AGENT_DEADLINE: Duration = Duration::from_secs(180);
+/// The container id (one per VM here).
+const ID: &str = "main";
+
+/// A container to run, checked before the VM exists.
+pub struct Prepared {
+    /// The OCI spec, as JSON.
+    spec: Vec<u8>,
+    /// The vsock socket added for the agent (removed at the end).
+    pub added_socket: Option<PathBuf>,
+}
+
+/// Builds the container's spec and adds what it needs to the VM: the agent
+/// on the command line, the rootfs disk, and a vsock device when there is
+/// none.
+pub fn prepare_vm(
+    vm: &mut VmConfig,
+    rootfs: &Path,
+    command: &[String],
+    env: &[String],
+) -> anyhow::Result<Prepared> {
+    std::fs::metadata(rootfs).with_context(|| format!("--rootfs {}", rootfs.display()))?;
+    let spec = container_spec(command, env, false, "corral")?;
+    let spec = serde_json::to_vec(&spec).context("cannot encode the OCI spec")?;
+    vm.cmdline.push_str(" corral.agent");
+    vm.disks.push(DiskConfig {
+        path: rootfs.to_path_buf(),
+        read_only: false,
+        serial: Some(ROOTFS_SERIAL.to_string()),
+        cache: DiskCache::default(),
+    });
+    if vm.vsock.is_some() {
+        return Ok(Prepared {
+            spec,
+            added_socket: None,
+        });
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let socket = dir.join(format!("corral-{}.vsock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    vm.vsock = Some(VsockConfig {
+        cid: 3,
+        uds_path: socket.clone(),
+    });
+    Ok(Prepared {
+        spec,
+        added_socket: Some(socket),
+    })
+}
+
+/// Runs the container in the started pod; returns its exit status. The VM
+/// is powered off through the agent afterwards.
+pub fn run(pod: &mut Pod, prepared: &Prepared) -> anyhow::Result<i32> {
+    let spec = &prepared.spec;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let agent = reach_agent(pod).await?;
+        let mut storage = Storage::new();
+        storage.virtio_serial = ROOTFS_SERIAL.to_string();
+        agent.create_sandbox("corral", "corral").await?;
+        agent.create_container(ID, spec, storage).await?;
+        agent.start(ID).await?;
+        let (out, err, exit) = tokio::join!(
+            pump(&agent, false, std::io::stdout()),
+            pump(&agent, true, std::io::stderr()),
+            agent.wait(ID, "")
+        );
+        out?;
+        err?;
+        let exit = exit?;
+        agent.destroy_sandbox(true).await?;
+        Ok(exit.status)
+    })
+}
+
+/// Connects to the agent, giving up early if the VM ends first (an
+/// initramfs without the agent powers off at once).
+async fn reach_agent(pod: &mut Pod) -> anyhow::Result<AgentClient> {
+    let started = Instant::now();
+    loop {
+        match pod.agent(Duration::from_secs(1)).await {
+            Ok(agent) => return Ok(agent),
+            Err(PodError::Agent(e)) => {
+                if let Some(exit) = pod.wait_timeout(Duration::ZERO) {
+                    bail!(
+                        "the VM ended ({exit}) before its guest agent answered: boot an initramfs with the agent (rootfs/build.sh builds one)"
+                    );
+                }
+                if started.elapsed() > AGENT_DEADLINE {
+                    return Err(e).context("the guest agent did not answer");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Copies one output stream of the container to `to` until its end.
+async fn pump(agent: &AgentClient, stderr: bool, mut to: impl Write) -> anyhow::Result<()> {
+    while let Some(chunk) = agent.read_output(ID, "", stderr, 1 << 20).await? {
+        // A closed stdout (`| head`) ends the copy, not the container.
+        if to.write_all(&chunk).and_then(|()| to.flush()).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
