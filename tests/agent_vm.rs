@@ -45,6 +45,16 @@ fn lane_agent_runs_containers_in_a_vm() {
     );
 }
 
+/// The default kernel and the agent's initramfs; fails unless Linux user
+/// space can run here (hardware KVM, or the nested lane's L1).
+fn user_space_guest() -> (std::path::PathBuf, std::path::PathBuf) {
+    assert!(
+        nested::in_l1() || !common::is_pvm(),
+        "Linux user space needs hardware KVM; this /dev/kvm is PVM: run lane_agent_runs_containers_in_a_vm"
+    );
+    (common::guest_kernel("default"), common::initramfs())
+}
+
 fn printk_time(console: &str, needle: &str) -> Option<f64> {
     console
         .lines()
@@ -58,12 +68,7 @@ fn printk_time(console: &str, needle: &str) -> Option<f64> {
 #[test]
 #[ignore = "needs hardware KVM for Linux user space: lane_agent_runs_containers_in_a_vm runs it in the nested lane's L1"]
 fn vm_agent_runs_the_container_scenarios() {
-    assert!(
-        nested::in_l1() || !common::is_pvm(),
-        "Linux user space needs hardware KVM; this /dev/kvm is PVM: run lane_agent_runs_containers_in_a_vm"
-    );
-    let kernel = common::guest_kernel("default");
-    let initrd = common::initramfs();
+    let (kernel, initrd) = user_space_guest();
     // In L1, files that must outlive it (the guest console) go to the
     // lane's share.
     let dir = match std::env::var_os(nested::SHARE_ENV) {
@@ -179,12 +184,7 @@ fn vm_agent_runs_the_container_scenarios() {
 #[test]
 #[ignore = "needs hardware KVM for Linux user space: lane_agent_runs_containers_in_a_vm runs it in the nested lane's L1"]
 fn vm_an_agent_that_cannot_start_powers_off_with_a_reason() {
-    assert!(
-        nested::in_l1() || !common::is_pvm(),
-        "Linux user space needs hardware KVM; this /dev/kvm is PVM: run lane_agent_runs_containers_in_a_vm"
-    );
-    let kernel = common::guest_kernel("default");
-    let initrd = common::initramfs();
+    let (kernel, initrd) = user_space_guest();
     let out = Command::new(CORRAL)
         .arg("run")
         .arg("--kernel")
@@ -215,12 +215,7 @@ fn vm_an_agent_that_cannot_start_powers_off_with_a_reason() {
 #[test]
 #[ignore = "needs hardware KVM for Linux user space: lane_agent_runs_containers_in_a_vm runs it in the nested lane's L1"]
 fn vm_corral_run_runs_one_container_and_returns_its_status() {
-    assert!(
-        nested::in_l1() || !common::is_pvm(),
-        "Linux user space needs hardware KVM; this /dev/kvm is PVM: run lane_agent_runs_containers_in_a_vm"
-    );
-    let kernel = common::guest_kernel("default");
-    let initrd = common::initramfs();
+    let (kernel, initrd) = user_space_guest();
     let dir = common::scratch_dir("corral-run-container");
     let image = image::busybox_ext4(&dir);
     let out = Command::new(CORRAL)
