@@ -262,8 +262,11 @@ fn a_half_cpu_quota_holds_for_spinning_vcpus() {
 
 /// Runs this file's cgroup v2 tests inside the nested lane's L1, a pure
 /// cgroup v2 host with a real `/dev/kvm` (`tests/support/nested/init.sh`).
+/// Holds the KVM lock the other tests take: L1's emulation keeps both cores
+/// busy, which would starve the CPU-quota measurements here.
 #[test]
 fn lane_pure_cgroup_v2() {
+    let _kvm = common::kvm();
     nested::run_own_tests_in_l1(
         "lane_pure_cgroup_v2",
         &["pure_v2_", "v2_split_places_real_vcpu_threads"],

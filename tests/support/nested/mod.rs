@@ -304,6 +304,9 @@ pub const IN_L1_ENV: &str = "CORRAL_IN_L1";
 /// machine (read-write, same path), for what a test wants to outlive L1.
 pub const SHARE_ENV: &str = "CORRAL_LANE_SHARE";
 
+/// Passed from this machine's environment to the tests run in L1.
+const FORWARDED_ENV: &[&str] = &["CORRAL_CACHE_DIR", "XDG_CACHE_HOME", "RUST_LOG"];
+
 /// Whether this process runs inside the lane's L1 (pure cgroup v2 host).
 pub fn in_l1() -> bool {
     std::env::var_os(IN_L1_ENV).is_some()
@@ -320,8 +323,16 @@ pub fn run_own_tests_in_l1(runner: &str, args: &[&str], timeout: Duration) -> St
     assert!(!in_l1(), "{runner} must not run inside L1");
     let exe = std::env::current_exe().unwrap();
     let share = std::env::temp_dir().join(format!("corral-lane-{runner}-{}", std::process::id()));
+    // What the tests find their caches and logs by goes along (L1 starts
+    // with a fresh environment).
+    let mut forwarded = String::new();
+    for var in FORWARDED_ENV {
+        if let Some(value) = std::env::var_os(var) {
+            forwarded.push_str(&format!(" {var}={}", sh_quote(&value.to_string_lossy())));
+        }
+    }
     let mut cmd = format!(
-        "export {IN_L1_ENV}=1 RUST_BACKTRACE=1 {SHARE_ENV}={}\nexec {} --test-threads=1 --nocapture --include-ignored --skip {}",
+        "export {IN_L1_ENV}=1 RUST_BACKTRACE=1 {SHARE_ENV}={}{forwarded}\nexec {} --test-threads=1 --nocapture --include-ignored --skip {}",
         sh_quote(share.to_str().unwrap()),
         sh_quote(exe.to_str().unwrap()),
         sh_quote(runner)
