@@ -5,14 +5,14 @@
 //! container's stdout and stderr are streamed here, and the exit status is
 //! the workload's. The guest console goes to `--console-file` (or nowhere).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use corral_runtime::agent::{AgentClient, Storage};
 use corral_runtime::pod::{container_spec, Pod, PodError};
-use corral_vmm::{DiskCache, DiskConfig, VmConfig, VsockConfig};
+use corral_vmm::{ConsoleInput, DiskCache, DiskConfig, VmConfig, VsockConfig};
 
 /// The virtio serial of the container's rootfs disk.
 const ROOTFS_SERIAL: &str = "corral-rootfs";
@@ -25,6 +25,8 @@ const ID: &str = "main";
 pub struct Prepared {
     /// The OCI spec, as JSON.
     spec: Vec<u8>,
+    /// Forward this process's stdin to the container's.
+    interactive: bool,
     /// The vsock socket added for the agent (removed at the end).
     pub added_socket: Option<PathBuf>,
 }
@@ -37,7 +39,11 @@ pub fn prepare_vm(
     rootfs: &Path,
     command: &[String],
     env: &[String],
+    interactive: bool,
 ) -> anyhow::Result<Prepared> {
+    // Stdin belongs to the container (with -i) or to nobody: never to the
+    // guest's console.
+    vm.console.input = ConsoleInput::None;
     std::fs::metadata(rootfs).with_context(|| format!("--rootfs {}", rootfs.display()))?;
     let spec = container_spec(command, env, false, "corral")?;
     let spec = serde_json::to_vec(&spec).context("cannot encode the OCI spec")?;
@@ -51,6 +57,7 @@ pub fn prepare_vm(
     if vm.vsock.is_some() {
         return Ok(Prepared {
             spec,
+            interactive,
             added_socket: None,
         });
     }
@@ -65,6 +72,7 @@ pub fn prepare_vm(
     });
     Ok(Prepared {
         spec,
+        interactive,
         added_socket: Some(socket),
     })
 }
@@ -84,10 +92,24 @@ pub fn run(pod: &mut Pod, prepared: &Prepared) -> anyhow::Result<i32> {
         agent.create_sandbox("corral", "corral").await?;
         agent.create_container(ID, spec, storage).await?;
         agent.start(ID).await?;
-        let (out, err, exit) = tokio::join!(
+        let stdin = async {
+            if prepared.interactive {
+                forward_stdin(&agent).await
+            } else {
+                agent.close_stdin(ID, "").await.map_err(Into::into)
+            }
+        };
+        let stdin = async {
+            // The container may end without reading all its input.
+            if let Err(e) = stdin.await {
+                tracing::debug!("stdin: {e:#}");
+            }
+        };
+        let (out, err, exit, ()) = tokio::join!(
             pump(&agent, false, std::io::stdout()),
             pump(&agent, true, std::io::stderr()),
-            agent.wait(ID, "")
+            agent.wait(ID, ""),
+            stdin
         );
         out?;
         err?;
@@ -117,6 +139,39 @@ async fn reach_agent(pod: &mut Pod) -> anyhow::Result<AgentClient> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Copies this process's stdin to the container's, then closes it. The
+/// reads block, so they happen on a thread of their own ("corral-stdin");
+/// it ends with stdin's end (or with the process).
+async fn forward_stdin(agent: &AgentClient) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    std::thread::Builder::new()
+        .name("corral-stdin".into())
+        .spawn(move || {
+            tracing::debug!(
+                "corral-stdin thread has TID {}",
+                corral_vmm::threads::gettid()
+            );
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .context("cannot start the stdin thread")?;
+    while let Some(chunk) = rx.recv().await {
+        agent.write_stdin(ID, "", &chunk).await?;
+    }
+    agent.close_stdin(ID, "").await?;
+    Ok(())
 }
 
 /// Copies one output stream of the container to `to` until its end.

@@ -88,6 +88,10 @@ struct RunArgs {
     /// An environment variable of the container's process (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", requires = "rootfs")]
     env: Vec<String>,
+    /// Forward stdin to the container's process (without it, its stdin is
+    /// closed at once).
+    #[arg(short = 'i', long, requires = "rootfs")]
+    interactive: bool,
     /// The container's command and its arguments (with --rootfs).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -168,6 +172,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 rootfs,
                 &args.command,
                 &args.env,
+                args.interactive,
             )?)
         }
         None => {

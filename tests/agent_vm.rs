@@ -245,4 +245,49 @@ fn vm_corral_run_runs_one_container_and_returns_its_status() {
         "{stderr}"
     );
     assert!(stderr.contains("oops"), "{stderr}");
+
+    // -i: stdin goes to the container (a line, then 1 MiB to its end);
+    // without -i the container's stdin is closed at once.
+    let run = |interactive: bool, script: &str, input: Vec<u8>| {
+        let mut cmd = Command::new(CORRAL);
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(kernel.join("vmlinux"))
+            .arg("--initrd")
+            .arg(&initrd)
+            .args(["--memory", "256"])
+            .arg("--rootfs")
+            .arg(&image);
+        if interactive {
+            cmd.arg("-i");
+        }
+        let mut child = cmd
+            .args(["--", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    };
+    let mut input = b"hello\n".to_vec();
+    input.extend(std::iter::repeat_n(b'z', 1 << 20));
+    let out = run(true, "read x; echo got $x; wc -c", input.clone());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got hello\n1048576\n",
+        "{stderr}"
+    );
+    let out = run(false, "wc -c", input);
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 }
