@@ -191,12 +191,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut pod = Pod::create(pod).map_err(|e| cgroups::pod_error(e, &args.cgroups))?;
     pod.start();
     signals::spawn_shutdown_thread(termination, pod.shutdown_handle())?;
-    let container = container_prepared
+    let mut container = container_prepared
         .as_ref()
         .map(|prepared| container::run(&mut pod, prepared));
     if let Some(Err(_)) = &container {
-        // The VM may still run: stop it before tearing down.
-        pod.shutdown_handle().request();
+        match pod.wait_timeout(std::time::Duration::ZERO) {
+            // Stopped by a signal, or the guest crashed: that is the reason
+            // to report (130, 4, 5), not the broken agent connection.
+            Some(VmExit::HostShutdown | VmExit::GuestCrash { .. } | VmExit::VcpuFailed { .. }) => {
+                container = None
+            }
+            // Powered off or reset on its own: the container's error says
+            // what it was waiting for.
+            Some(_) => {}
+            // The VM may still run: stop it before tearing down.
+            None => pod.shutdown_handle().request(),
+        }
     }
     let exit = pod.wait();
     if let Err(e) = pod.teardown() {

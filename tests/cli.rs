@@ -133,13 +133,19 @@ fn one_line_error(out: &Output) -> String {
     stderr
 }
 
+/// A 1 MiB file of zeros to pass as --rootfs (no filesystem: these runs
+/// never get as far as mounting it).
+fn blank_image(name: &str) -> std::path::PathBuf {
+    let image = common::scratch_dir(name).join("rootfs.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    image
+}
+
 #[test]
 fn a_guest_without_the_agent_ends_the_run_with_a_reason() {
     let _kvm = common::kvm();
     let guest = common::test_guest();
-    let dir = common::scratch_dir("container-cli");
-    let image = dir.join("rootfs.img");
-    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let image = blank_image("container-cli");
     let started = Instant::now();
     let out = corral(&[
         "run",
@@ -217,4 +223,34 @@ fn container_usage_errors_are_named() {
         one_line_error(&out).contains("\"NOEQUALS\" is not KEY=VALUE"),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_signal_during_a_container_run_ends_it_with_130() {
+    let _kvm = common::kvm();
+    let guest = common::test_guest();
+    let image = blank_image("container-signal");
+    // The test guest hangs and has no agent: Corral is still waiting for it.
+    let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args([
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "workload=hang",
+        ])
+        .arg("--rootfs")
+        .arg(&image)
+        .args(["--", "true"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill with a pid we own and a valid signal.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let err = one_line_error(&out);
+    assert!(err.contains("host"), "{err}");
 }
