@@ -368,3 +368,48 @@ fn a_hung_lane_is_killed_and_shows_where_its_tasks_wait() {
         "{message}"
     );
 }
+
+/// The lane itself: an L1 that stops running altogether (here: QEMU
+/// stopped with SIGSTOP once it is up; in CI, the emulator wedging) stops
+/// touching its heartbeat, is killed, and the script runs again once.
+#[test]
+fn a_wedged_l1_is_noticed_by_its_heartbeat_and_run_again_once() {
+    let share = std::env::temp_dir().join(format!("corral-lane-wedge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir_all(&share).unwrap();
+    let mut lane = Lane::new(&share);
+    lane.heartbeat = Duration::from_secs(1);
+    lane.stall = Duration::from_secs(10);
+    lane.timeout = Duration::from_secs(120);
+    // Stop the first L1 once its heartbeat shows it is up.
+    let heartbeat = share.join(".l1-heartbeat");
+    let pattern = format!("path={},mount_tag=share", share.display());
+    let stopper = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !heartbeat.exists() {
+            assert!(std::time::Instant::now() < deadline, "L1 never beat");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let status = Command::new("pkill")
+            .args(["-STOP", "-f", &pattern])
+            .status()
+            .unwrap();
+        assert!(status.success(), "no QEMU matched {pattern}");
+    });
+    let script = format!(
+        "echo attempt >> {a}\nsleep 3\necho lane-wedge-done\n",
+        a = sh_quote(share.join("attempts").to_str().unwrap())
+    );
+    let out = lane.run(&script);
+    stopper.join().unwrap();
+    let attempts = std::fs::read_to_string(share.join("attempts")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&share);
+    assert_eq!(out.status, 0, "{}", out.console);
+    assert!(out.console.contains("lane-wedge-done"), "{}", out.console);
+    // The stopped run may or may not have got to its first line.
+    assert!(
+        (1..=2).contains(&attempts.lines().count()) && out.wall < Duration::from_secs(60),
+        "attempts {attempts:?}, second run {:?}",
+        out.wall
+    );
+}

@@ -15,12 +15,13 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 fail() { echo "corral-l1: FAILED: $*"; poweroff -f; sleep 5; exit 1; }
 
-script= share= watchdog=
+script= share= watchdog= heartbeat=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     corral.l1.script=*) script=${word#*=} ;;
     corral.l1.share=*) share=${word#*=} ;;
     corral.l1.watchdog=*) watchdog=${word#*=} ;;
+    corral.l1.heartbeat=*) heartbeat=${word#*=} ;;
   esac
 done
 [ -n "$script" ] || fail "no corral.l1.script= on the command line"
@@ -86,6 +87,12 @@ dump_tasks() {
 }
 if [ -n "$watchdog" ]; then
   (sleep "$watchdog" && dump_tasks) &
+fi
+# A heartbeat file in the share, touched every corral.l1.heartbeat=
+# seconds: the host tells an L1 that stopped running at all (the emulator
+# wedged: no user space, no console) from one whose script is slow.
+if [ -n "$heartbeat" ] && [ -n "$share" ]; then
+  (while :; do date +%s > "/newroot$share/.l1-heartbeat"; sleep "$heartbeat"; done) &
 fi
 
 echo "corral-l1: ready, kernel $(uname -r), $(nproc) CPUs, cgroup2 controllers: $(cat "$cg/cgroup.controllers")"

@@ -67,6 +67,9 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The file in the share that L1's init touches (`corral.l1.heartbeat=`).
+const HEARTBEAT_FILE: &str = ".l1-heartbeat";
+
 /// When L1 dumps its tasks (init.sh's watchdog): 30 s before the host
 /// kills it, so the console of a run that timed out says where it hung.
 fn watchdog_secs(timeout: Duration) -> u64 {
@@ -83,6 +86,13 @@ pub struct Lane {
     pub disks: Vec<PathBuf>,
     /// The whole L1 run, boot to power-off, must end within this.
     pub timeout: Duration,
+    /// L1 touches a heartbeat file in the share every this often; when it
+    /// goes stale for [`Lane::stall`], L1 itself stopped running (the
+    /// emulator wedged, as QEMU TCG rarely does) and the run is retried
+    /// once, loudly.
+    pub heartbeat: Duration,
+    /// See [`Lane::heartbeat`].
+    pub stall: Duration,
 }
 
 /// A finished L1 run.
@@ -103,14 +113,33 @@ impl Lane {
             share: share.to_path_buf(),
             disks: Vec::new(),
             timeout: Duration::from_secs(600),
+            heartbeat: Duration::from_secs(10),
+            stall: Duration::from_secs(120),
         }
     }
 
     /// Runs `script` (POSIX sh) in L1 and returns its output and status;
     /// panics, with the console, if L1 could not run it or time ran out.
+    /// An L1 that stopped running altogether (no heartbeat) is run again
+    /// once.
     pub fn run(&self, script: &str) -> LaneOutput {
-        let running = self.spawn(script);
-        running.finish(self.timeout)
+        match self.spawn(script).finish_or_stall(self.timeout, self.stall) {
+            Ok(out) => out,
+            Err(console) => {
+                eprintln!(
+                    "nested lane: L1 stopped running (no heartbeat for {:?}: the emulator wedged); \
+                     running it again once. Its console:\n{console}",
+                    self.stall
+                );
+                match self.spawn(script).finish_or_stall(self.timeout, self.stall) {
+                    Ok(out) => out,
+                    Err(console) => panic!(
+                        "L1 stopped running twice (no heartbeat for {:?}):\n{console}",
+                        self.stall
+                    ),
+                }
+            }
+        }
     }
 
     /// Starts L1 running `script` and returns at once.
@@ -120,6 +149,7 @@ impl Lane {
         std::fs::create_dir_all(&self.share).unwrap();
         let share = self.share.canonicalize().unwrap();
         let script_path = share.join("lane-run.sh");
+        let _ = std::fs::remove_file(share.join(HEARTBEAT_FILE));
         std::fs::write(&script_path, script).unwrap();
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max"])
@@ -134,10 +164,11 @@ impl Lane {
             .arg("-append")
             .arg(format!(
                 "console=ttyS0 quiet panic=-1 corral.l1.script={} corral.l1.share={} \
-                 corral.l1.watchdog={}",
+                 corral.l1.watchdog={} corral.l1.heartbeat={}",
                 script_path.display(),
                 share.display(),
-                watchdog_secs(self.timeout)
+                watchdog_secs(self.timeout),
+                self.heartbeat.as_secs().max(1)
             ))
             .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
             .arg("-virtfs")
@@ -178,6 +209,7 @@ impl Lane {
             console,
             readers,
             started: Instant::now(),
+            heartbeat: share.join(HEARTBEAT_FILE),
             _guard: guard,
         }
     }
@@ -201,6 +233,7 @@ pub struct RunningLane {
     console: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
     started: Instant,
+    heartbeat: PathBuf,
     _guard: MutexGuard<'static, ()>,
 }
 
@@ -249,7 +282,20 @@ impl RunningLane {
     /// Waits for L1 to power off and returns the script's status; panics if
     /// L1 failed, printed no status, or did not end within `limit` of its
     /// start.
-    pub fn finish(mut self, limit: Duration) -> LaneOutput {
+    pub fn finish(self, limit: Duration) -> LaneOutput {
+        let stall = limit;
+        self.finish_or_stall(limit, stall)
+            .unwrap_or_else(|console| panic!("L1 stopped running:\n{console}"))
+    }
+
+    /// Like [`RunningLane::finish`], but an L1 whose heartbeat file went
+    /// stale for `stall` (L1 itself stopped running) is killed and its
+    /// console returned as the error.
+    pub fn finish_or_stall(
+        mut self,
+        limit: Duration,
+        stall: Duration,
+    ) -> Result<LaneOutput, String> {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 self.join_readers();
@@ -265,11 +311,11 @@ impl RunningLane {
                     .unwrap_or_else(|| {
                         panic!("L1 ended ({status}) without the script's status:\n{console}")
                     });
-                return LaneOutput {
+                return Ok(LaneOutput {
                     console,
                     status: script_status,
                     wall: self.started.elapsed(),
-                };
+                });
             }
             if self.started.elapsed() > limit {
                 let _ = self.child.kill();
@@ -277,8 +323,22 @@ impl RunningLane {
                 self.join_readers();
                 panic!("L1 did not finish within {limit:?}:\n{}", self.console());
             }
+            if self.last_beat().elapsed().unwrap_or_default() > stall {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.join_readers();
+                return Err(self.console());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// When L1 last touched its heartbeat file (its start until the first).
+    fn last_beat(&self) -> std::time::SystemTime {
+        let started = std::time::SystemTime::now() - self.started.elapsed();
+        std::fs::metadata(&self.heartbeat)
+            .and_then(|m| m.modified())
+            .map_or(started, |t| t.max(started))
     }
 }
 
