@@ -55,6 +55,17 @@ fn user_space_guest() -> (std::path::PathBuf, std::path::PathBuf) {
     (common::guest_kernel("default"), common::initramfs())
 }
 
+/// `corral run` of the default kernel's vmlinux with the agent's initramfs.
+fn corral_run(kernel: &std::path::Path, initrd: &std::path::Path) -> Command {
+    let mut cmd = Command::new(CORRAL);
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(kernel.join("vmlinux"))
+        .arg("--initrd")
+        .arg(initrd);
+    cmd
+}
+
 fn printk_time(console: &str, needle: &str) -> Option<f64> {
     console
         .lines()
@@ -81,12 +92,7 @@ fn vm_agent_runs_the_container_scenarios() {
     let vsock = common::scratch_dir("agent-vm-sock").join("v.sock");
     let _ = std::fs::remove_file(&vsock);
     let console_path = dir.join("console.log");
-    let mut corral = Command::new(CORRAL)
-        .arg("run")
-        .arg("--kernel")
-        .arg(kernel.join("vmlinux"))
-        .arg("--initrd")
-        .arg(&initrd)
+    let mut corral = corral_run(&kernel, &initrd)
         .arg("--cmdline")
         .arg(format!("{} corral.agent", corral_vmm::DEFAULT_CMDLINE))
         // One vCPU: nested IPIs through TCG's emulated SVM are where the lane
@@ -185,12 +191,7 @@ fn vm_agent_runs_the_container_scenarios() {
 #[ignore = "needs hardware KVM for Linux user space: lane_agent_runs_containers_in_a_vm runs it in the nested lane's L1"]
 fn vm_an_agent_that_cannot_start_powers_off_with_a_reason() {
     let (kernel, initrd) = user_space_guest();
-    let out = Command::new(CORRAL)
-        .arg("run")
-        .arg("--kernel")
-        .arg(kernel.join("vmlinux"))
-        .arg("--initrd")
-        .arg(&initrd)
+    let out = corral_run(&kernel, &initrd)
         .arg("--cmdline")
         .arg(format!(
             "{} corral.agent corral.agent.port=notaport",
@@ -218,12 +219,7 @@ fn vm_corral_run_runs_one_container_and_returns_its_status() {
     let (kernel, initrd) = user_space_guest();
     let dir = common::scratch_dir("corral-run-container");
     let image = image::busybox_ext4(&dir);
-    let out = Command::new(CORRAL)
-        .arg("run")
-        .arg("--kernel")
-        .arg(kernel.join("vmlinux"))
-        .arg("--initrd")
-        .arg(&initrd)
+    let out = corral_run(&kernel, &initrd)
         .args(["--memory", "256"])
         .arg("--rootfs")
         .arg(&image)
@@ -249,15 +245,8 @@ fn vm_corral_run_runs_one_container_and_returns_its_status() {
     // -i: stdin goes to the container (a line, then 1 MiB to its end);
     // without -i the container's stdin is closed at once.
     let run = |interactive: bool, script: &str, input: Vec<u8>| {
-        let mut cmd = Command::new(CORRAL);
-        cmd.arg("run")
-            .arg("--kernel")
-            .arg(kernel.join("vmlinux"))
-            .arg("--initrd")
-            .arg(&initrd)
-            .args(["--memory", "256"])
-            .arg("--rootfs")
-            .arg(&image);
+        let mut cmd = corral_run(&kernel, &initrd);
+        cmd.args(["--memory", "256"]).arg("--rootfs").arg(&image);
         if interactive {
             cmd.arg("-i");
         }
