@@ -5,7 +5,10 @@
 //! - container cycle (create, start, read output, wait, remove) with the
 //!   rootfs as ext4 vs squashfs + tmpfs overlay: the format choice;
 //! - exec round trip (ExecProcess + WaitProcess of `true`);
-//! - stdout throughput for ReadStdout sizes of 64 KiB and 1 MiB.
+//! - stdout throughput for ReadStdout sizes of 64 KiB and 1 MiB;
+//! - the peer: Debian's runc running the same `echo hi` from the same
+//!   busybox tree (`runc run`, a bundle with `runc spec`'s config), on
+//!   this machine in the same run.
 //!
 //! `cargo bench -p corral-agent --bench agent` (root; needs mkfs.ext4,
 //! mksquashfs, losetup, unshare). Prints medians, mins and maxes.
@@ -71,6 +74,39 @@ async fn throughput(c: &AgentClient, storage: &Storage, len: u32) -> f64 {
     c.wait("tp", "").await.unwrap();
     c.remove("tp").await.unwrap();
     size as f64 / (1 << 20) as f64 / took.as_secs_f64()
+}
+
+/// `runc run` of `echo hi` from the busybox tree `n` times.
+fn runc_cycles(dir: &std::path::Path, n: usize) -> Vec<Duration> {
+    let bundle = dir.join("runc-bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(&bundle).unwrap();
+    image::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(dir.join("rootfs-src"))
+            .arg(bundle.join("rootfs")),
+    );
+    image::run(Command::new("runc").args(["spec"]).current_dir(&bundle));
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(["echo", "hi"]);
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let mut times = Vec::new();
+    for i in 0..n {
+        let started = Instant::now();
+        let out = image::run(
+            Command::new("runc")
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("corral-bench-{}-{i}", std::process::id())),
+        );
+        times.push(started.elapsed());
+        assert_eq!(out, "hi\n");
+    }
+    times
 }
 
 fn main() {
@@ -149,6 +185,7 @@ fn main() {
                 mibs[2]
             );
         }
+        println!("peer, runc run (same tree, echo hi, no VM): {}", stats(runc_cycles(&dir, 50)));
         let size = std::fs::metadata(support::AGENT).unwrap().len();
         println!("agent binary used here: {size} bytes ({})", support::AGENT);
     });
