@@ -67,6 +67,26 @@ fn find_by_serial(serial: &str) -> Result<PathBuf, AgentError> {
     }
 }
 
+/// `BLKFLSBUF`: drops the device's cached blocks. The host may have
+/// written a new filesystem onto a disk this guest saw before (the shim
+/// reuses spare disks for a pod's later containers); without this, the
+/// superblock read at probe time (zeros) would be served from the cache.
+fn drop_cached_blocks(device: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    // SAFETY: BLKFLSBUF takes no argument and touches no user memory; the
+    // fd is open for the duration of the call.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), BLKFLSBUF as _, 0) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // Not a block device (a test's image file): nothing is cached.
+        if e.raw_os_error() != Some(libc::ENOTTY) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 impl Rootfs {
     /// Mounts `storage` for container `id` under `state_dir/id/`.
     pub fn mount(state_dir: &Path, id: &str, storage: &Storage) -> Result<Rootfs, AgentError> {
@@ -81,7 +101,10 @@ impl Rootfs {
         };
         let mut head = vec![0u8; 4096];
         File::open(&device)
-            .and_then(|mut f| f.read_exact(&mut head))
+            .and_then(|mut f| {
+                drop_cached_blocks(&f)?;
+                f.read_exact(&mut head)
+            })
             .map_err(|e| AgentError::path("read the rootfs device", &device, e))?;
         let fstype = if storage.fstype.is_empty() {
             detect(&head).ok_or_else(|| {

@@ -9,3 +9,5 @@
 pub mod agent;
 pub mod cgroup;
 pub mod pod;
+#[cfg(feature = "shim")]
+pub mod shim;

@@ -162,6 +162,13 @@ impl ShutdownHandle {
     pub fn request(&self) {
         self.0.record(VmExit::HostShutdown);
     }
+
+    /// Blocks until the VM's end is recorded (or `timeout` passes) without
+    /// owning the VM: a front end's watcher thread uses it, then calls
+    /// `Vmm::wait` (which returns at once) to stop the vCPUs.
+    pub fn wait_ended(&self, timeout: Option<Duration>) -> Option<VmExit> {
+        self.0.wait(timeout)
+    }
 }
 
 #[cfg(test)]

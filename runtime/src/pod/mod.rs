@@ -101,6 +101,11 @@ impl Pod {
         self.sandbox.as_ref()
     }
 
+    /// The sandbox's cgroups, to change limits.
+    pub fn sandbox_mut(&mut self) -> Option<&mut Sandbox> {
+        self.sandbox.as_mut()
+    }
+
     /// Connects to the guest agent through the VM's vsock device,
     /// retrying until `deadline` (the guest may still be booting).
     pub async fn agent(&self, deadline: Duration) -> Result<AgentClient, PodError> {
