@@ -56,6 +56,7 @@ pub fn parse_net(arg: &str) -> Result<NetConfig, String> {
     let mut net = NetConfig {
         tap: tap.to_string(),
         mac: None,
+        netns: None,
     };
     for opt in parts {
         match opt.split_once('=') {

@@ -125,6 +125,7 @@ fn linux_boots_under_corral() {
         nets: vec![NetConfig {
             tap,
             mac: Some([0x02, 0, 0, 0, 0, 0x2a]),
+            netns: None,
         }],
         vsock: Some(VsockConfig {
             cid: 3,

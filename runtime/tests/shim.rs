@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use containerd::{busybox_tree, import_busybox_image, Containerd, RUNTIME, SHIM};
+use containerd::{busybox_tree, import_busybox_image, shim, Containerd, RUNTIME};
 
 /// Runs the `l1_` tests inside L1.
 #[test]
@@ -101,7 +101,7 @@ fn shim_pids() -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p == Path::new(SHIM))
+                .map(|p| p == shim())
                 .unwrap_or(false)
         })
         .collect()
@@ -142,7 +142,7 @@ fn delete_without_a_pod_is_quick_idempotent_and_prints_a_response() {
     std::fs::create_dir_all(&bundle).unwrap();
     for _ in 0..2 {
         let started = Instant::now();
-        let out = Command::new(SHIM)
+        let out = Command::new(shim())
             .current_dir(&bundle)
             .env("TTRPC_ADDRESS", "/nonexistent.ttrpc")
             .args(["-namespace", "ns", "-id", "c1", "-address", "/nonexistent"])
@@ -422,12 +422,8 @@ fn l1_detached_task_exec_kill_delete_with_events_in_order_and_split_placement() 
     // runc's shim for one idle container in the same containerd.
     let (rss, guest) = rss_and_guest_kib(pid, 64 << 10);
     eprintln!(
-        "FIGURE idle pod shim ({} build): RSS {} KiB, of which guest RAM {} KiB: {} KiB without it",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        "FIGURE idle pod shim ({}): RSS {} KiB, of which guest RAM {} KiB: {} KiB without it",
+        shim().display(),
         rss,
         guest,
         rss - guest
@@ -737,25 +733,29 @@ fn l1_a_vm_that_ends_under_its_tasks_reports_them_exited() {
         "1000",
     ]);
     cd.wait_status("g1", "RUNNING", Duration::from_secs(30));
-    // The guest powers off (sysrq o) under the running container.
-    let _ = cd.ctr(&[
+    // The guest kernel panics under the running container (out of memory
+    // with panic_on_oom, a privileged container's doing) and, with
+    // `panic=1`, resets: the VM ends.
+    let oom = cd.ctr(&[
         "task",
         "exec",
         "--exec-id",
-        "off",
+        "oom",
         "g1",
         "sh",
         "-c",
-        "echo o > /proc/sysrq-trigger",
+        "echo 2 > /proc/sys/vm/panic_on_oom && mkdir -p /fill && mount -t tmpfs -o size=1g fill /fill && dd if=/dev/zero of=/fill/f bs=1M count=400",
     ]);
+    eprintln!("exec during the panic: {oom:?}");
     cd.wait_status("g1", "STOPPED", Duration::from_secs(30));
     cd.ctr_ok(&["task", "delete", "g1"]);
     cd.ctr_ok(&["container", "rm", "g1"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !shim_pids().is_empty() {
         assert!(
             Instant::now() < deadline,
-            "the shim outlived its VM and tasks"
+            "the shim outlived its VM and tasks\n{}",
+            cd.log_tail()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -765,4 +765,108 @@ fn l1_a_vm_that_ends_under_its_tasks_reports_them_exited() {
         "{:?}",
         cgroup_dirs_named("g1")
     );
+}
+
+#[test]
+#[ignore = "needs Linux user space: lane_containerd_runs_pods_in_corral_vms runs it in L1"]
+fn l1_a_tap_in_the_pods_network_namespace_carries_the_guests_traffic() {
+    let cd = lane_containerd("net");
+    let ns = "corral-t1";
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    containerd::run(Command::new("ip").args(["netns", "add", ns]));
+    let ns_path = format!("network:/var/run/netns/{ns}");
+    cd.ctr_ok(&[
+        "run",
+        "-d",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &ns_path,
+        "--annotation",
+        "io.corral/tap=tap0",
+        IMAGE,
+        "n1",
+        "sleep",
+        "1000",
+    ]);
+    cd.wait_status("n1", "RUNNING", Duration::from_secs(30));
+    containerd::run(Command::new("ip").args([
+        "-n",
+        ns,
+        "addr",
+        "add",
+        "10.77.0.1/24",
+        "dev",
+        "tap0",
+    ]));
+    containerd::run(Command::new("ip").args(["-n", ns, "link", "set", "tap0", "up"]));
+    let out = cd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "ping",
+        "n1",
+        "sh",
+        "-c",
+        "ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 10 10.77.0.1",
+    ]);
+    assert!(out.contains("2 packets received"), "{out}");
+    // The tap lives as long as the VM: a killed shim takes it along.
+    let (pid, _) = cd.task("n1").unwrap();
+    // SAFETY: kill(2) of the shim by pid.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cd.task("n1").is_some() {
+        assert!(Instant::now() < deadline, "the task outlived its shim");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let links = containerd::run(Command::new("ip").args(["-n", ns, "link", "show"]));
+    assert!(!links.contains("tap0"), "{links}");
+    let _ = cd.ctr(&["container", "rm", "n1"]);
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
+#[test]
+#[ignore = "needs Linux user space: lane_containerd_runs_pods_in_corral_vms runs it in L1"]
+fn l1_a_binary_logger_gets_both_streams() {
+    let cd = lane_containerd("logger");
+    let out_dir = cd.dir.join("logs");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let logger = cd.dir.join("logger.sh");
+    // containerd's binary logger contract: stdout on fd 3, stderr on fd 4,
+    // fd 5 closed once ready; arguments from the URI's query.
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n[ \"$1\" = dir ] || exit 9\nexec 5>&-\ncat <&3 > \"$2/$CONTAINER_NAMESPACE-$CONTAINER_ID.out\" &\ncat <&4 > \"$2/$CONTAINER_NAMESPACE-$CONTAINER_ID.err\"\nwait\n",
+    )
+    .unwrap();
+    containerd::run(Command::new("chmod").arg("755").arg(&logger));
+    let uri = format!("binary://{}?dir={}", logger.display(), out_dir.display());
+    cd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--log-uri",
+        &uri,
+        IMAGE,
+        "lg1",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2",
+    ]);
+    let read = |ext: &str| {
+        std::fs::read_to_string(out_dir.join(format!("corral-lg1.{ext}"))).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(read("out").contains("to-out") && read("err").contains("to-err")) {
+        assert!(
+            Instant::now() < deadline,
+            "logger got out={:?} err={:?}",
+            read("out"),
+            read("err")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

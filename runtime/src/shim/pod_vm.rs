@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use corral_vmm::{
-    ConsoleInput, ConsoleOutput, DiskCache, DiskConfig, ShutdownHandle, VmConfig, VmExit,
-    VsockConfig, DEFAULT_CMDLINE,
+    ConsoleInput, ConsoleOutput, DiskCache, DiskConfig, NetConfig, ShutdownHandle, VmConfig,
+    VmExit, VsockConfig, DEFAULT_CMDLINE,
 };
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::config::ShimConfig;
 use super::disk::{self, ShimDiskError};
@@ -19,6 +19,10 @@ use super::leftovers::Leftovers;
 use crate::agent::{AgentCallError, AgentClient, AGENT_VSOCK_PORT};
 use crate::cgroup::{sizing, CgroupConfig};
 use crate::pod::{Pod, PodConfig, PodError};
+
+/// The annotation asking for a tap (its name) in the pod's network
+/// namespace, attached to the VM as virtio-net.
+pub const TAP_ANNOTATION: &str = "io.corral/tap";
 
 /// How long the guest may take to boot to its agent.
 const AGENT_DEADLINE: Duration = Duration::from_secs(120);
@@ -55,6 +59,12 @@ pub enum PodVmError {
     /// Every disk slot holds a live container.
     #[error("the pod already runs {0} containers, one per disk slot: raise spare_disks in the shim configuration")]
     NoSlot(usize),
+    /// A tap was asked for without a network namespace to put it in.
+    #[error("annotation {TAP_ANNOTATION}={tap}: the spec names no network namespace path to create the tap in (CRI sets one; with ctr give --with-ns network:/var/run/netns/NAME)")]
+    NoNetns {
+        /// The tap asked for.
+        tap: String,
+    },
     /// A blocking step panicked or was cancelled.
     #[error("internal: {0}")]
     Join(String),
@@ -123,6 +133,7 @@ impl PodVm {
                 memory_mib: config.memory_mib,
             },
         );
+        let net = net_of(spec)?;
         let console = dir.join("console.log");
         let mut vm = VmConfig::new(&config.kernel);
         vm.initrd = Some(config.initrd.clone());
@@ -150,6 +161,7 @@ impl PodVm {
                 cache: DiskCache::Unsafe,
             })
             .collect();
+        vm.nets.extend(net);
         let vsock = dir.join("vsock.sock");
         let _ = std::fs::remove_file(&vsock);
         vm.vsock = Some(VsockConfig {
@@ -318,10 +330,16 @@ impl PodVm {
     /// Powers the guest off (through the agent, else by force) and tears
     /// the VM down: threads joined, cgroups removed.
     pub async fn stop(&self) {
-        let polite =
-            tokio::time::timeout(Duration::from_secs(5), self.agent.destroy_sandbox(true)).await;
-        if !matches!(polite, Ok(Ok(()))) {
-            self.shutdown.request();
+        let started = Instant::now();
+        // A VM that already ended has no agent left to ask.
+        if self.shutdown.wait_ended(Some(Duration::ZERO)).is_none() {
+            let polite =
+                tokio::time::timeout(Duration::from_secs(5), self.agent.destroy_sandbox(true))
+                    .await;
+            if !matches!(polite, Ok(Ok(()))) {
+                tracing::warn!("pod: the agent did not power the guest off; stopping the VM");
+                self.shutdown.request();
+            }
         }
         let pod = lock(&self.pod).take();
         if let Some(mut pod) = pod {
@@ -334,6 +352,7 @@ impl PodVm {
                 pod.teardown()
             })
             .await;
+            tracing::info!("pod: VM torn down in {} ms", started.elapsed().as_millis());
             match torn {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!("pod: cgroup teardown: {e}"),
@@ -341,6 +360,35 @@ impl PodVm {
             }
         }
     }
+}
+
+/// The tap the spec's annotations ask for, in the spec's network
+/// namespace (non-persistent: it goes away with the VM, or with a killed
+/// shim).
+fn net_of(spec: &Spec) -> Result<Option<NetConfig>, PodVmError> {
+    let Some(tap) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(TAP_ANNOTATION))
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
+    };
+    let netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Network)
+                .and_then(|n| n.path().clone())
+        })
+        .ok_or_else(|| PodVmError::NoNetns { tap: tap.clone() })?;
+    Ok(Some(NetConfig {
+        tap: tap.clone(),
+        mac: None,
+        netns: Some(netns),
+    }))
 }
 
 /// The sandbox's cgroup from the first container's `linux.cgroupsPath`:
@@ -362,6 +410,7 @@ fn cgroup_of(spec: &Spec, id: &str) -> (String, String) {
     }
     let trimmed = path.trim_end_matches('/');
     match trimmed.rsplit_once('/') {
+        Some(("", name)) if !name.is_empty() => ("/".into(), name.to_string()),
         Some((parent, name)) if !name.is_empty() => (parent.to_string(), name.to_string()),
         _ => (String::new(), trimmed.to_string()),
     }
@@ -417,6 +466,35 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_needs_a_network_namespace_path() {
+        use std::collections::HashMap;
+        let mut spec = Spec::default();
+        assert!(net_of(&spec).unwrap().is_none());
+        spec.set_annotations(Some(HashMap::from([(
+            TAP_ANNOTATION.to_string(),
+            "tap0".to_string(),
+        )])));
+        // oci-spec's default has a network namespace without a path.
+        let err = net_of(&spec).unwrap_err();
+        assert!(err.to_string().contains("io.corral/tap=tap0"), "{err}");
+        let mut linux = spec.linux().clone().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        namespaces.push(
+            oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(PathBuf::from("/var/run/netns/x"))
+                .build()
+                .unwrap(),
+        );
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+        let net = net_of(&spec).unwrap().unwrap();
+        assert_eq!(net.tap, "tap0");
+        assert_eq!(net.netns, Some(PathBuf::from("/var/run/netns/x")));
+    }
+
+    #[test]
     fn cgroups_path_forms_give_parent_and_sandbox() {
         assert_eq!(
             cgroup_of(&spec_with("/default/c1"), "c1"),
@@ -426,7 +504,10 @@ mod tests {
             cgroup_of(&spec_with("kubepods.slice:cri-containerd:abc"), "c1"),
             ("kubepods.slice:cri-containerd:abc".into(), "vm".into())
         );
-        assert_eq!(cgroup_of(&spec_with("/c1"), "c1"), ("".into(), "c1".into()));
+        assert_eq!(
+            cgroup_of(&spec_with("/c1"), "c1"),
+            ("/".into(), "c1".into())
+        );
         assert_eq!(cgroup_of(&Spec::default(), "c1").1, "corral-c1".to_string());
     }
 }

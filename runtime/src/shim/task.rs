@@ -247,6 +247,11 @@ impl Inner {
                 for (exec_id, p) in
                     std::iter::once((&String::new(), &mut c.init)).chain(c.execs.iter_mut())
                 {
+                    // The agent is gone: its streams end here, so the
+                    // FIFOs close and containerd's readers see the end.
+                    for pump in p.pumps.drain(..) {
+                        pump.abort();
+                    }
                     if p.exited().is_none() && p.status != Status::CREATED {
                         p.status = Status::STOPPED;
                         let exited = Exited {
@@ -333,14 +338,18 @@ pub fn pod_key(namespace: &str, id: &str) -> String {
 mod calls;
 
 /// Opens a started process's stdio and starts its pumps.
-async fn start_io(pod: &PodVm, p: &mut Proc, id: &str, exec_id: &str) -> ttrpc::Result<()> {
+async fn start_io(
+    pod: &PodVm,
+    p: &mut Proc,
+    id: &str,
+    exec_id: &str,
+    namespace: &str,
+) -> ttrpc::Result<()> {
     let io_err = |e: stdio::ShimStdioError| err(Code::INVALID_ARGUMENT, e.to_string());
-    let out = stdio::open_output(&p.stdout).await.map_err(io_err)?;
-    let errs = if p.terminal {
-        None
-    } else {
-        stdio::open_output(&p.stderr).await.map_err(io_err)?
-    };
+    let stderr = if p.terminal { "" } else { p.stderr.as_str() };
+    let (out, errs) = stdio::open_outputs(&p.stdout, stderr, id, namespace)
+        .await
+        .map_err(io_err)?;
     let input = stdio::open_input(&p.stdin).map_err(io_err)?;
     let agent = &pod.agent;
     p.pumps.push(tokio::spawn(stdio::pump_output(

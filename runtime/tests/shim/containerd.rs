@@ -8,7 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-corral-v2");
+/// The shim under test: this build's, or `$CORRAL_SHIM_BIN` (e.g. the
+/// release build, for the memory figure).
+pub fn shim() -> PathBuf {
+    std::env::var_os("CORRAL_SHIM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-corral-v2")))
+}
 pub const RUNTIME: &str = "io.containerd.corral.v2";
 
 pub struct Containerd {
@@ -63,7 +69,8 @@ impl Containerd {
 
     /// (Re)starts the daemon.
     pub fn restart(&mut self) {
-        let shim_dir = Path::new(SHIM).parent().unwrap();
+        let shim = shim();
+        let shim_dir = shim.parent().unwrap();
         let path = format!(
             "{}:{}",
             shim_dir.display(),
@@ -119,8 +126,28 @@ impl Containerd {
         cmd
     }
 
+    /// Runs `ctr`; a call that takes over 2 minutes fails the test (and
+    /// is killed), so a hang shows here instead of at the lane's timeout.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_cmd(args).output().expect("cannot run ctr")
+        let child = self
+            .ctr_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run ctr");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(out) => out.expect("cannot wait for ctr"),
+            Err(_) => {
+                // SAFETY: kill(2) of our own child by pid.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("ctr {args:?} hung for 2 minutes\n{}", self.log_tail());
+            }
+        }
     }
 
     /// `ctr` that must succeed; returns stdout.

@@ -365,7 +365,12 @@ pub const IN_L1_ENV: &str = "CORRAL_IN_L1";
 pub const SHARE_ENV: &str = "CORRAL_LANE_SHARE";
 
 /// Passed from this machine's environment to the tests run in L1.
-const FORWARDED_ENV: &[&str] = &["CORRAL_CACHE_DIR", "XDG_CACHE_HOME", "RUST_LOG"];
+const FORWARDED_ENV: &[&str] = &[
+    "CORRAL_CACHE_DIR",
+    "XDG_CACHE_HOME",
+    "RUST_LOG",
+    "CORRAL_SHIM_BIN",
+];
 
 /// Whether this process runs inside the lane's L1 (pure cgroup v2 host).
 pub fn in_l1() -> bool {

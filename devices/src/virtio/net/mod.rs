@@ -48,6 +48,10 @@ pub struct NetConfig {
     pub tap: String,
     /// Guest MAC address; a locally administered one is derived if None.
     pub mac: Option<[u8; 6]>,
+    /// Open (or create) the tap inside this network namespace (a
+    /// `/proc/<pid>/ns/net` or `/var/run/netns/<name>` file) instead of the
+    /// VMM's own; a tap created there is removed with the VM.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// A network device could not be attached.
@@ -126,7 +130,10 @@ impl Net {
 
     /// Opens the tap of `config`.
     pub fn with_tap(config: &NetConfig) -> Result<Self, VirtioNetError> {
-        let tap = Tap::open(&config.tap)?;
+        let tap = match &config.netns {
+            Some(netns) => Tap::open_in(&config.tap, netns)?,
+            None => Tap::open(&config.tap)?,
+        };
         let mac = config.mac.unwrap_or_else(|| derived_mac(&config.tap));
         Self::new(Box::new(tap), mac)
     }

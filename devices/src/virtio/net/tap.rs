@@ -32,6 +32,17 @@ pub enum TapError {
     /// /dev/net/tun cannot be opened.
     #[error("cannot open /dev/net/tun")]
     OpenTun(#[source] io::Error),
+    /// The network namespace cannot be entered.
+    #[error("cannot open tap {name} in network namespace {netns}")]
+    Netns {
+        /// The interface.
+        name: String,
+        /// The namespace file.
+        netns: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// An ioctl failed.
     #[error("cannot {what} tap {name}")]
     Ioctl {
@@ -92,10 +103,62 @@ impl Tap {
         })
     }
 
+    /// Like [`Tap::open`], inside the network namespace `netns`: a
+    /// short-lived thread (`tap-open`) enters it, opens the tap and ends;
+    /// the fd stays bound to that namespace, so the VMM's threads never
+    /// leave their own.
+    pub fn open_in(name: &str, netns: &std::path::Path) -> Result<Self, TapError> {
+        let ns_err = |source| TapError::Netns {
+            name: name.to_string(),
+            netns: netns.to_path_buf(),
+            source,
+        };
+        let ns = File::open(netns).map_err(ns_err)?;
+        let owned = name.to_string();
+        let opened = std::thread::Builder::new()
+            .name("tap-open".into())
+            .spawn(move || -> Result<Self, TapError> {
+                tracing::debug!("tap-open thread has TID {}", gettid());
+                enter_netns(&ns).map_err(|source| TapError::Netns {
+                    name: owned.clone(),
+                    netns: std::path::PathBuf::new(),
+                    source,
+                })?;
+                Tap::open(&owned)
+            })
+            .map_err(ns_err)?
+            .join()
+            .map_err(|_| ns_err(io::Error::other("the tap-open thread panicked")))?;
+        opened.map_err(|e| match e {
+            TapError::Netns { name, source, .. } => TapError::Netns {
+                name,
+                netns: netns.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Moves the calling thread into the network namespace `ns`.
+fn enter_netns(ns: &File) -> io::Result<()> {
+    // SAFETY: setns on an fd we own; it changes only this thread's
+    // namespace (the thread ends right after).
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn gettid() -> i64 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
 fn ioctl_ptr<T>(file: &File, request: libc::c_ulong, arg: &mut T) -> io::Result<()> {

@@ -87,7 +87,7 @@ impl Task for TaskService {
         );
         let mut init = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         init.pid = std::process::id();
-        if let Err(e) = start_io(&pod, &mut init, &req.id, "").await {
+        if let Err(e) = start_io(&pod, &mut init, &req.id, "", &inner.namespace).await {
             let _ = pod.agent.remove(&req.id).await;
             pod.free_slot(&req.id);
             return Err(e);
@@ -156,7 +156,7 @@ impl Task for TaskService {
                 .await
                 .map_err(agent_err)?;
             p.pid = std::process::id();
-            start_io(&pod, p, &req.id, &req.exec_id).await?;
+            start_io(&pod, p, &req.id, &req.exec_id, &inner.namespace).await?;
             Box::new(TaskExecStarted {
                 container_id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
