@@ -98,6 +98,8 @@ fn create_error(error: CgroupError, args: &CgroupArgs) -> anyhow::Error {
             Some(mib) => format!("--memory-limit {mib}"),
             None => format!("--memory-limit ({bytes} bytes)"),
         },
+        // The CLI sets no shares; said as the value for completeness.
+        Limit::CpuShares(shares) => format!("CPU shares {shares}"),
     };
     let hint = match blocker {
         Blocker::Busy { .. } => {

@@ -13,6 +13,8 @@
 
 #[path = "shim/containerd.rs"]
 mod containerd;
+#[path = "../../guest-agent/tests/support/image.rs"]
+mod image;
 #[path = "../../tests/support/nested/mod.rs"]
 mod nested;
 
@@ -241,9 +243,10 @@ fn rss_and_guest_kib(pid: u32, guest_kib: u64) -> (u64, u64) {
     (total, guest)
 }
 
-/// containerd's `Update` (what CRI sends on a resources change) straight
-/// to the task's shim, found by the bundle's `address` file.
-fn update_cpu(cd: &Containerd, id: &str, quota: i64, period: u64) {
+/// containerd's `Update` (what CRI sends on a resources change, as
+/// LinuxResources JSON) straight to the task's shim, found by the bundle's
+/// `address` file.
+fn update_resources(cd: &Containerd, id: &str, json: &str) -> Result<(), String> {
     use containerd_shim::protos::api::UpdateTaskRequest;
     use containerd_shim::protos::protobuf::well_known_types::any::Any;
     use containerd_shim::protos::protobuf::MessageField;
@@ -263,14 +266,15 @@ fn update_cpu(cd: &Containerd, id: &str, quota: i64, period: u64) {
         let task = TaskClient::new(client);
         let mut any = Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
-        any.value = format!(r#"{{"cpu":{{"quota":{quota},"period":{period}}}}}"#).into_bytes();
+        any.value = json.as_bytes().to_vec();
         let mut req = UpdateTaskRequest::new();
         req.id = id.to_string();
         req.resources = MessageField::some(any);
         task.update(context::with_timeout(10_000_000_000), &req)
             .await
-            .unwrap();
-    });
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
 }
 
 fn lane_containerd(name: &str) -> Containerd {
@@ -376,6 +380,10 @@ fn l1_detached_task_exec_kill_delete_with_events_in_order_and_split_placement() 
         "-d",
         "--runtime",
         RUNTIME,
+        "--cpu-shares",
+        "512",
+        "--memory-limit",
+        "134217728",
         IMAGE,
         "d1",
         "sh",
@@ -485,9 +493,22 @@ fn l1_detached_task_exec_kill_delete_with_events_in_order_and_split_placement() 
     assert!(metrics.contains("pids.current"), "{metrics}");
     // (ctr 1.6 has no `task update`: the call containerd's CRI makes goes
     // straight to the shim's socket.)
-    update_cpu(&cd, "d1", 50_000, 100_000);
-    let cpu_max = std::fs::read_to_string("/sys/fs/cgroup/corral/d1/vcpu/cpu.max").unwrap();
-    assert_eq!(cpu_max.trim(), "50000 100000");
+    update_resources(&cd, "d1", r#"{"cpu":{"quota":50000,"period":100000}}"#).unwrap();
+    // A memory change is refused (guest RAM is fixed at boot), not dropped.
+    let refused = update_resources(&cd, "d1", r#"{"memory":{"limit":1073741824}}"#).unwrap_err();
+    assert!(refused.contains("memory limit 1073741824"), "{refused}");
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/corral/d1/{f}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("vcpu/cpu.max"), "50000 100000");
+    // Sized from the spec at boot: shares 512 → weight 20 on the vCPU
+    // cgroup; the 128 MiB limit added to the 256 MiB guest, plus 64 MiB
+    // for the VMM, on the pod.
+    assert_eq!(read("vcpu/cpu.weight"), "20");
+    assert_eq!(read("memory.max"), ((256u64 + 128 + 64) << 20).to_string());
     cd.ctr_ok(&["task", "kill", "-s", "TERM", "d1"]);
     cd.wait_status("d1", "STOPPED", Duration::from_secs(30));
     let out = cd.ctr_ok(&["task", "ls"]);

@@ -40,9 +40,21 @@ pub fn busybox_squashfs(dir: &Path) -> PathBuf {
     image
 }
 
-/// Builds `dir/rootfs.ext4` (64 MiB): Debian's static busybox with every
-/// applet linked, /etc/passwd and /etc/group, the usual mount points.
+/// Builds `dir/rootfs.ext4` (64 MiB) from [`busybox_tree`].
 pub fn busybox_ext4(dir: &Path) -> PathBuf {
+    let root = busybox_tree(dir);
+    let image = dir.join("rootfs.ext4");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("64M"));
+    image
+}
+
+/// Lays out `dir/rootfs-src`: Debian's static busybox with every applet
+/// linked, /etc/passwd and /etc/group, the usual mount points.
+pub fn busybox_tree(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs-src");
     let _ = std::fs::remove_dir_all(&root);
     for d in [
@@ -72,11 +84,5 @@ pub fn busybox_ext4(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
-    let image = dir.join("rootfs.ext4");
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg("64M"));
-    image
+    root
 }

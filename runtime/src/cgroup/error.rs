@@ -17,13 +17,16 @@ pub enum Limit {
     CpuQuota(f64),
     /// A memory limit, in bytes.
     Memory(u64),
+    /// A CPU weight, in OCI/v1 shares (2–262144; v2 gets the matching
+    /// `cpu.weight`).
+    CpuShares(u64),
 }
 
 impl Limit {
     /// The controller that enforces it (the same name on v1 and v2).
     pub fn controller(&self) -> &'static str {
         match self {
-            Limit::CpuQuota(_) => "cpu",
+            Limit::CpuQuota(_) | Limit::CpuShares(_) => "cpu",
             Limit::Memory(_) => "memory",
         }
     }
@@ -34,6 +37,7 @@ impl fmt::Display for Limit {
         match self {
             Limit::CpuQuota(cpus) => write!(f, "CPU quota {cpus} CPUs"),
             Limit::Memory(bytes) => write!(f, "memory limit {bytes} bytes"),
+            Limit::CpuShares(shares) => write!(f, "CPU shares {shares}"),
         }
     }
 }

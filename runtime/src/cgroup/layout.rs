@@ -272,6 +272,7 @@ impl Hier {
                 "memory.limit_in_bytes",
                 "memory.max",
             ),
+            Limit::CpuShares(_) => (Controllers::Cpu, &self.sandbox, "cpu.shares", "cpu.weight"),
         };
         if self.v2 {
             Some(dir.join(v2_file))
@@ -308,6 +309,30 @@ impl Hier {
             })
     }
 
+    /// Writes the CPU weight of the constrained cgroup: v1 `cpu.shares`,
+    /// v2 `cpu.weight` converted as runc and crun convert it (`None`
+    /// restores the default: 1024 shares, weight 100).
+    pub(crate) fn apply_cpu_shares(&self, shares: Option<u64>) -> Result<(), CgroupError> {
+        let Some(file) = self.limit_file(Limit::CpuShares(0)) else {
+            return Ok(());
+        };
+        if shares.is_none() && !file.exists() {
+            return Ok(());
+        }
+        let value = match (self.v2, shares) {
+            (false, Some(s)) => s,
+            (false, None) => 1024,
+            (true, Some(s)) => shares_to_weight(s),
+            (true, None) => 100,
+        };
+        let value = value.to_string();
+        std::fs::write(&file, &value).map_err(|source| CgroupError::Write {
+            path: file,
+            value,
+            source,
+        })
+    }
+
     /// Writes the memory limit (`None` clears it).
     ///
     /// v1 memcg charges a process's memory to the memcg of its `mm` owner
@@ -342,5 +367,26 @@ impl Hier {
             (None, Some(overhead)) => overhead.clone(),
             (None, None) => self.sandbox.clone(),
         }
+    }
+}
+
+/// cgroup v1 shares (2–262144) → v2 `cpu.weight` (1–10000), the mapping
+/// runc, crun and the kubelet use.
+pub(crate) fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+#[cfg(test)]
+mod shares_tests {
+    use super::shares_to_weight;
+
+    #[test]
+    fn shares_map_to_weights_as_runc_maps_them() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(0), 1);
+        assert_eq!(shares_to_weight(u64::MAX), 10_000);
     }
 }

@@ -161,6 +161,9 @@ pub struct CgroupConfig {
     pub cpu_quota: Option<f64>,
     /// Memory limit of the sandbox, in bytes (`None`: unlimited).
     pub memory_limit: Option<u64>,
+    /// CPU weight of the constrained cgroup, in OCI shares (`None`: the
+    /// default weight).
+    pub cpu_shares: Option<u64>,
     /// Manage vCPU affinity (pin when the vCPU count equals the allowed
     /// cpuset's size, otherwise clear pinning). `false` leaves it alone.
     pub pin_vcpus: bool,
@@ -185,6 +188,7 @@ impl CgroupConfig {
             mode: PlacementMode::Split,
             cpu_quota: None,
             memory_limit: None,
+            cpu_shares: None,
             pin_vcpus: true,
             devices: Vec::new(),
             disks: Vec::new(),

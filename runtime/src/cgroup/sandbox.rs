@@ -99,6 +99,13 @@ fn limits_of(cpu_quota: Option<f64>, memory_limit: Option<u64>) -> Vec<Limit> {
         .collect()
 }
 
+/// The limits of `config`, CPU shares included.
+fn config_limits(config: &CgroupConfig) -> Vec<Limit> {
+    let mut limits = limits_of(config.cpu_quota, config.memory_limit);
+    limits.extend(config.cpu_shares.map(Limit::CpuShares));
+    limits
+}
+
 fn memory_value(limit: Option<u64>) -> Result<Option<i64>, CgroupError> {
     limit
         .map(|value| {
@@ -146,7 +153,7 @@ impl Sandbox {
         }
         let pid = procfs::own_pid();
         let origins = procfs::cgroups_of(pid)?;
-        let limits = limits_of(config.cpu_quota, config.memory_limit);
+        let limits = config_limits(config);
         if version == CgroupVersion::V1 {
             check_v1_limits(&mounts, &limits)?;
         }
@@ -276,7 +283,42 @@ impl Sandbox {
         for hier in &self.hiers {
             hier.apply_cpu_quota(quota)?;
             hier.apply_memory_limit(memory)?;
+            hier.apply_cpu_shares(self.config.cpu_shares)?;
         }
+        Ok(())
+    }
+
+    /// Makes sure every hierarchy can carry `limits`: v1 needs their
+    /// controllers mounted; v2 gets them enabled as at creation.
+    fn provide_limits(&mut self, limits: &[Limit]) -> Result<(), CgroupError> {
+        if self.version == CgroupVersion::V1 {
+            let mounts: Vec<Mount> = self.hiers.iter().map(|h| h.mount.clone()).collect();
+            check_v1_limits(&mounts, limits)?;
+        }
+        for hier in self.hiers.iter_mut().filter(|h| h.v2) {
+            let missing: Vec<Limit> = limits
+                .iter()
+                .copied()
+                .filter(|&l| hier.limit_file(l).is_some_and(|f| !f.exists()))
+                .collect();
+            if !missing.is_empty() {
+                hier.provide(self.pid, &missing)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the vCPU cgroup's CPU weight (OCI shares; `None`: the
+    /// default), enabling the cpu controller as at creation, or fails with
+    /// [`CgroupError::LimitUnenforceable`] and changes nothing.
+    pub fn update_cpu_shares(&mut self, shares: Option<u64>) -> Result<(), CgroupError> {
+        self.ensure_open()?;
+        let limits: Vec<Limit> = shares.map(Limit::CpuShares).into_iter().collect();
+        self.provide_limits(&limits)?;
+        for hier in &self.hiers {
+            hier.apply_cpu_shares(shares)?;
+        }
+        self.config.cpu_shares = shares;
         Ok(())
     }
 
@@ -294,20 +336,7 @@ impl Sandbox {
         let quota = cpu_quota.map(quota_us).transpose()?;
         let memory = memory_value(memory_limit)?;
         let limits = limits_of(cpu_quota, memory_limit);
-        if self.version == CgroupVersion::V1 {
-            let mounts: Vec<Mount> = self.hiers.iter().map(|h| h.mount.clone()).collect();
-            check_v1_limits(&mounts, &limits)?;
-        }
-        for hier in self.hiers.iter_mut().filter(|h| h.v2) {
-            let missing: Vec<Limit> = limits
-                .iter()
-                .copied()
-                .filter(|&l| hier.limit_file(l).is_some_and(|f| !f.exists()))
-                .collect();
-            if !missing.is_empty() {
-                hier.provide(self.pid, &missing)?;
-            }
-        }
+        self.provide_limits(&limits)?;
         self.write_limits(quota, memory)?;
         self.config.cpu_quota = cpu_quota;
         self.config.memory_limit = memory_limit;
@@ -396,7 +425,7 @@ fn systemd_root(pid1_cgroup: &str) -> &str {
 fn check_v1_limits(mounts: &[Mount], limits: &[Limit]) -> Result<(), CgroupError> {
     for &limit in limits {
         let controller = match limit {
-            Limit::CpuQuota(_) => cgroups_rs::fs::Controllers::Cpu,
+            Limit::CpuQuota(_) | Limit::CpuShares(_) => cgroups_rs::fs::Controllers::Cpu,
             Limit::Memory(_) => cgroups_rs::fs::Controllers::Mem,
         };
         if !mounts.iter().any(|m| m.controllers.contains(&controller)) {

@@ -333,7 +333,7 @@ impl Hier {
             // controller may be enabled there although it holds threads).
             let split = self.overhead.is_some();
             if split
-                && matches!(limit, Limit::CpuQuota(_))
+                && matches!(limit, Limit::CpuQuota(_) | Limit::CpuShares(_))
                 && !lists(&domain.join("cgroup.subtree_control"), "cpu")?
             {
                 enable(&self.mount, &domain, limit)?;

@@ -174,6 +174,10 @@ impl PodVm {
             c.parent = parent;
             c.mode = mode;
             c.cpu_quota = size.quota;
+            c.cpu_shares = resources
+                .iter()
+                .filter_map(|r| r.cpu().as_ref().and_then(|c| c.shares()))
+                .max();
             c.memory_limit = resources
                 .iter()
                 .any(|r| {
@@ -310,14 +314,24 @@ impl PodVm {
         rx.await.unwrap_or(VmExit::HostShutdown)
     }
 
-    /// Updates the sandbox's CPU quota and memory limit.
-    pub fn update_limits(
+    /// Updates the vCPU cgroup's CPU quota (CPUs); the memory limit stays.
+    pub fn update_cpu_quota(
         &self,
         cpu_quota: Option<f64>,
-        memory: Option<u64>,
     ) -> Result<(), crate::cgroup::CgroupError> {
         match lock(&self.pod).as_mut().and_then(Pod::sandbox_mut) {
-            Some(sandbox) => sandbox.update_limits(cpu_quota, memory),
+            Some(sandbox) => {
+                let memory = sandbox.config.memory_limit;
+                sandbox.update_limits(cpu_quota, memory)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Updates the vCPU cgroup's CPU weight (OCI shares).
+    pub fn update_cpu_shares(&self, shares: Option<u64>) -> Result<(), crate::cgroup::CgroupError> {
+        match lock(&self.pod).as_mut().and_then(Pod::sandbox_mut) {
+            Some(sandbox) => sandbox.update_cpu_shares(shares),
             None => Ok(()),
         }
     }

@@ -159,6 +159,14 @@ impl State {
             .ok_or_else(|| not_found(id, exec_id))
     }
 
+    /// The pod of container `id` (NOT_FOUND for an unknown id).
+    fn pod_of(&self, id: &str) -> ttrpc::Result<Arc<PodVm>> {
+        if !self.containers.contains_key(id) {
+            return Err(not_found(id, ""));
+        }
+        self.pod()
+    }
+
     fn pod(&self) -> ttrpc::Result<Arc<PodVm>> {
         self.pod
             .clone()

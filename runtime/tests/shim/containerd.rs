@@ -8,6 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use super::image::run;
+
+/// The agent tests' busybox tree (`rootfs-src` in `dir`), with a `/run`.
+pub fn busybox_tree(dir: &Path) -> PathBuf {
+    let root = super::image::busybox_tree(dir);
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    root
+}
+
 /// The shim under test: this build's, or `$CORRAL_SHIM_BIN` (e.g. the
 /// release build, for the memory figure).
 pub fn shim() -> PathBuf {
@@ -217,47 +226,6 @@ impl Drop for Containerd {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Runs `cmd`; panics with its stderr unless it succeeds.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A busybox tree (static busybox, every applet linked).
-pub fn busybox_tree(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "run"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is missing: run .ci/setup");
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    run(Command::new(root.join("bin/busybox"))
-        .arg("--install")
-        .arg("-s")
-        .arg(root.join("bin")));
-    // --install -s links to the absolute path it ran from: relink.
-    for e in std::fs::read_dir(root.join("bin")).unwrap().flatten() {
-        if e.file_name() != "busybox" {
-            let _ = std::fs::remove_file(e.path());
-            std::os::unix::fs::symlink("busybox", e.path()).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    root
 }
 
 /// An OCI image archive (one layer, the busybox tree) named `name`,

@@ -246,11 +246,25 @@ impl RunningLane {
     /// Waits until the console shows `needle`; panics, with the console, if
     /// L1 ends, fails or `limit` passes first.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) {
+        if let Err(console) = self.wait_for_or_stall(needle, limit, Duration::MAX) {
+            panic!("L1 stopped running:\n{console}");
+        }
+    }
+
+    /// Like [`RunningLane::wait_for`], but an L1 whose heartbeat went
+    /// stale for `stall` (the emulator wedged) is killed and its console
+    /// returned as the error, so the caller can run its scenario again.
+    pub fn wait_for_or_stall(
+        &mut self,
+        needle: &str,
+        limit: Duration,
+        stall: Duration,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         loop {
             let text = self.console();
             if text.contains(needle) {
-                return;
+                return Ok(());
             }
             assert!(!text.contains(FAILED), "L1 could not be set up:\n{text}");
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -259,6 +273,12 @@ impl RunningLane {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!("L1 did not print {needle:?} within {limit:?}:\n{text}");
+            }
+            if self.last_beat().elapsed().unwrap_or_default() > stall {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.join_readers();
+                return Err(self.console());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

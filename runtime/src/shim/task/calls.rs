@@ -31,6 +31,9 @@ impl Task for TaskService {
                 format!("bundle {}: bad config.json: {e}", req.bundle),
             )
         })?;
+        if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            refuse_cpuset(resources)?;
+        }
         let root_path = spec.root().as_ref().map(|r| r.path().clone());
         let tree = RootTree::open(&bundle, &req.rootfs, root_path.as_deref())
             .await
@@ -414,13 +417,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let pod = {
-            let state = self.inner.state.lock().await;
-            if !state.containers.contains_key(&req.id) {
-                return Err(not_found(&req.id, ""));
-            }
-            state.pod()?
-        };
+        let pod = self.inner.state.lock().await.pod_of(&req.id)?;
         let s = pod.agent.stats(&req.id).await.map_err(agent_err)?;
         let mut m = Metrics::new();
         m.cpu = MessageField::some(CPUStat {
@@ -457,13 +454,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        let pod = {
-            let state = self.inner.state.lock().await;
-            if !state.containers.contains_key(&req.id) {
-                return Err(not_found(&req.id, ""));
-            }
-            state.pod()?
-        };
+        let pod = self.inner.state.lock().await.pod_of(&req.id)?;
         let resources: LinuxResources = serde_json::from_slice(&req.resources.value)
             .map_err(|e| err(Code::INVALID_ARGUMENT, format!("update resources: {e}")))?;
         let quota = resources
@@ -472,14 +463,24 @@ impl Task for TaskService {
             .map(|c| crate::cgroup::sizing::milli_cpus(c.quota(), c.period()))
             .filter(|&m| m > 0)
             .map(|m| m as f64 / 1000.0);
-        let memory = resources
-            .memory()
-            .as_ref()
-            .and_then(|m| m.limit())
-            .filter(|&l| l > 0)
-            .map(|l| l.unsigned_abs());
-        pod.update_limits(quota, memory)
-            .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
+        if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
+            // The guest's RAM (and with it the pod's host limit) is fixed at
+            // boot, and the agent cannot change a container's limit yet:
+            // refused, not dropped.
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("memory limit {limit}: a running pod's memory cannot be changed yet (its guest RAM is fixed at boot); recreate the container"),
+            ));
+        }
+        refuse_cpuset(&resources)?;
+        if quota.is_some() {
+            pod.update_cpu_quota(quota)
+                .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
+        }
+        if let Some(shares) = resources.cpu().as_ref().and_then(|c| c.shares()) {
+            pod.update_cpu_shares(Some(shares))
+                .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
+        }
         Ok(api::Empty::default())
     }
 
@@ -515,5 +516,41 @@ impl Task for TaskService {
         tracing::info!("shim: no task left, exiting");
         inner.exit.signal();
         Ok(api::Empty::default())
+    }
+}
+
+/// A cpuset in the resources is refused, not dropped: the pod's vCPUs are
+/// pinned by Corral's own rule (1:1 when their count equals the allowed
+/// cpuset's size), and a per-container cpuset has no meaning outside the
+/// guest yet.
+fn refuse_cpuset(resources: &LinuxResources) -> ttrpc::Result<()> {
+    let cpu = resources.cpu().as_ref();
+    let asked = |v: Option<&String>| v.is_some_and(|s| !s.trim().is_empty());
+    if let Some(c) = cpu {
+        if asked(c.cpus().as_ref()) || asked(c.mems().as_ref()) {
+            return Err(err(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "cpuset cpus={:?} mems={:?}: Corral does not apply a container's cpuset yet; leave it out (the pod's vCPUs are pinned when their count matches the allowed CPUs)",
+                    c.cpus().as_deref().unwrap_or(""),
+                    c.mems().as_deref().unwrap_or("")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpuset_is_refused_with_its_value() {
+        let r: LinuxResources = serde_json::from_str(r#"{"cpu":{"cpus":"0-1"}}"#).unwrap();
+        let e = refuse_cpuset(&r).unwrap_err();
+        assert!(format!("{e:?}").contains("0-1"), "{e:?}");
+        let ok: LinuxResources = serde_json::from_str(r#"{"cpu":{"shares":512}}"#).unwrap();
+        assert!(refuse_cpuset(&ok).is_ok());
     }
 }
