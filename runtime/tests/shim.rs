@@ -559,59 +559,34 @@ fn l1_detached_task_exec_kill_delete_with_events_in_order_and_split_placement() 
 #[ignore = "needs Linux user space: lane_containerd_runs_pods_in_corral_vms runs it in L1"]
 fn l1_two_containers_of_one_pod_share_one_shim_and_vm() {
     let cd = lane_containerd("pod");
-    cd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        "io.kubernetes.cri.container-type=sandbox",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=p1",
-        IMAGE,
-        "p1",
-        "sleep",
-        "1000",
-    ]);
-    cd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        "io.kubernetes.cri.container-type=container",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=p1",
-        IMAGE,
-        "c2",
-        "sleep",
-        "1000",
-    ]);
+    // `ctr run` of a pod member, annotated as CRI annotates it.
+    let member = |mode: &str, kind: &str, id: &str, cmd: &[&str]| {
+        let kind = format!("io.kubernetes.cri.container-type={kind}");
+        let mut args = vec!["run", mode, "--runtime", RUNTIME, "--annotation", &kind];
+        args.extend(["--annotation", "io.kubernetes.cri.sandbox-id=p1", IMAGE, id]);
+        args.extend(cmd);
+        cd.ctr_ok(&args);
+    };
+    member("-d", "sandbox", "p1", &["sleep", "1000"]);
+    member("-d", "container", "c2", &["sleep", "1000"]);
     cd.wait_status("c2", "RUNNING", Duration::from_secs(30));
     assert_eq!(shim_pids().len(), 1, "one shim for the pod");
     let (p1, _) = cd.task("p1").unwrap();
     let (c2, _) = cd.task("c2").unwrap();
     assert_eq!(p1, c2);
     // One VM: both containers see the same kernel boot id.
-    let a = cd.ctr_ok(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "b1",
-        "p1",
-        "cat",
-        "/proc/sys/kernel/random/boot_id",
-    ]);
-    let b = cd.ctr_ok(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "b2",
-        "c2",
-        "cat",
-        "/proc/sys/kernel/random/boot_id",
-    ]);
-    assert_eq!(a, b);
+    let boot_id = |exec: &str, id: &str| {
+        cd.ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            exec,
+            id,
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ])
+    };
+    assert_eq!(boot_id("b1", "p1"), boot_id("b2", "c2"));
     cd.ctr_ok(&["task", "kill", "-s", "KILL", "c2"]);
     cd.wait_status("c2", "STOPPED", Duration::from_secs(30));
     cd.ctr_ok(&["task", "delete", "c2"]);
@@ -620,20 +595,7 @@ fn l1_two_containers_of_one_pod_share_one_shim_and_vm() {
     assert_eq!(out.trim(), "still");
     assert_eq!(shim_pids().len(), 1);
     // A third container reuses the freed disk slot.
-    cd.ctr_ok(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        "io.kubernetes.cri.container-type=container",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=p1",
-        IMAGE,
-        "c3",
-        "echo",
-        "third",
-    ]);
+    member("--rm", "container", "c3", &["echo", "third"]);
     cd.ctr_ok(&["task", "kill", "-s", "KILL", "p1"]);
     cd.wait_status("p1", "STOPPED", Duration::from_secs(30));
     cd.ctr_ok(&["task", "delete", "p1"]);
