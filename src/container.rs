@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use corral_runtime::agent::{AgentClient, Storage};
@@ -121,23 +121,14 @@ pub fn run(pod: &mut Pod, prepared: &Prepared) -> anyhow::Result<i32> {
 
 /// Connects to the agent, giving up early if the VM ends first (an
 /// initramfs without the agent powers off at once).
-async fn reach_agent(pod: &mut Pod) -> anyhow::Result<AgentClient> {
-    let started = Instant::now();
-    loop {
-        match pod.agent(Duration::from_secs(1)).await {
-            Ok(agent) => return Ok(agent),
-            Err(PodError::Agent(e)) => {
-                if let Some(exit) = pod.wait_timeout(Duration::ZERO) {
-                    bail!(
-                        "the VM ended ({exit}) before its guest agent answered: boot an initramfs with the agent (rootfs/build.sh builds one)"
-                    );
-                }
-                if started.elapsed() > AGENT_DEADLINE {
-                    return Err(e).context("the guest agent did not answer");
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+async fn reach_agent(pod: &Pod) -> anyhow::Result<AgentClient> {
+    let socket = pod.vsock_socket().ok_or(PodError::NoVsock)?;
+    match corral_runtime::pod::reach_agent(socket, &pod.shutdown_handle(), AGENT_DEADLINE).await {
+        Ok(agent) => Ok(agent),
+        Err(PodError::EndedEarly(exit)) => bail!(
+            "the VM ended ({exit}) before its guest agent answered: boot an initramfs with the agent (rootfs/build.sh builds one)"
+        ),
+        Err(e) => Err(e).context("the guest agent did not answer"),
     }
 }
 

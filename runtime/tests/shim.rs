@@ -109,6 +109,26 @@ fn shim_pids() -> Vec<u32> {
         .collect()
 }
 
+/// Waits up to 20 s for every shim process to exit; fails naming those
+/// left, with containerd's log.
+fn wait_shims_gone(cd: &Containerd) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !shim_pids().is_empty() {
+        if Instant::now() > deadline {
+            let left: Vec<String> = shim_pids()
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                })
+                .collect();
+            panic!("shims left: {left:?}\n{}", cd.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![PathBuf::from("/sys/fs/cgroup")];
@@ -515,11 +535,7 @@ fn l1_detached_task_exec_kill_delete_with_events_in_order_and_split_placement() 
     assert!(out.contains("STOPPED"), "{out}");
     cd.ctr_ok(&["task", "delete", "d1"]);
     cd.ctr_ok(&["container", "rm", "d1"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !shim_pids().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(shim_pids().is_empty(), "the shim did not exit");
+    wait_shims_gone(&cd);
     assert!(
         cgroup_dirs_named("d1").is_empty(),
         "{:?}",
@@ -599,11 +615,7 @@ fn l1_two_containers_of_one_pod_share_one_shim_and_vm() {
     cd.ctr_ok(&["task", "kill", "-s", "KILL", "p1"]);
     cd.wait_status("p1", "STOPPED", Duration::from_secs(30));
     cd.ctr_ok(&["task", "delete", "p1"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !shim_pids().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(shim_pids().is_empty());
+    wait_shims_gone(&cd);
     assert!(empty_dir(&cd.pods_dir()));
 }
 
@@ -652,19 +664,7 @@ fn l1_a_killed_shim_leaves_nothing_behind_and_containerd_restarts_reconnect() {
         std::thread::sleep(Duration::from_millis(100));
     }
     cd.ctr_ok(&["container", "rm", "k1"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !shim_pids().is_empty() {
-        let left: Vec<String> = shim_pids()
-            .iter()
-            .map(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .unwrap_or_default()
-                    .replace('\0', " ")
-            })
-            .collect();
-        assert!(Instant::now() < deadline, "shims left: {left:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_shims_gone(&cd);
     assert!(empty_dir(&cd.pods_dir()), "pod directory left");
     assert!(
         cgroup_dirs_named("k1").is_empty(),
@@ -733,15 +733,7 @@ fn l1_a_vm_that_ends_under_its_tasks_reports_them_exited() {
     cd.wait_status("g1", "STOPPED", Duration::from_secs(30));
     cd.ctr_ok(&["task", "delete", "g1"]);
     cd.ctr_ok(&["container", "rm", "g1"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !shim_pids().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the shim outlived its VM and tasks\n{}",
-            cd.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_shims_gone(&cd);
     assert!(empty_dir(&cd.pods_dir()));
     assert!(
         cgroup_dirs_named("g1").is_empty(),

@@ -10,7 +10,7 @@ mod spec;
 
 pub use spec::{container_spec, ContainerSpecError};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use corral_vmm::{ShutdownHandle, VmConfig, VmExit, Vmm, VmmError};
@@ -46,6 +46,35 @@ pub enum PodError {
     /// The guest agent did not answer.
     #[error(transparent)]
     Agent(#[from] AgentCallError),
+    /// The VM ended before its guest agent answered.
+    #[error("the VM ended ({0}) before its guest agent answered")]
+    EndedEarly(VmExit),
+}
+
+/// Connects to the guest agent through the hybrid vsock socket `vsock`,
+/// retrying (the guest may still be booting) until `deadline`, and gives up
+/// at once when the VM ends first (an initramfs without the agent powers
+/// off). Takes the socket and the VM's handle rather than the [`Pod`], so
+/// an async caller need not hold the pod across the wait.
+pub async fn reach_agent(
+    vsock: &Path,
+    vm: &ShutdownHandle,
+    deadline: Duration,
+) -> Result<AgentClient, PodError> {
+    let started = Instant::now();
+    loop {
+        match AgentClient::connect(vsock, AGENT_VSOCK_PORT, Duration::from_secs(1)).await {
+            Ok(agent) => return Ok(agent),
+            Err(e) => {
+                if let Some(exit) = vm.wait_ended(Some(Duration::ZERO)) {
+                    return Err(PodError::EndedEarly(exit));
+                }
+                if matches!(e, AgentCallError::Version { .. }) || started.elapsed() > deadline {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
 }
 
 /// A running (or created) pod.
@@ -104,6 +133,11 @@ impl Pod {
     /// The sandbox's cgroups, to change limits.
     pub fn sandbox_mut(&mut self) -> Option<&mut Sandbox> {
         self.sandbox.as_mut()
+    }
+
+    /// The VM's hybrid vsock socket, when it has a vsock device.
+    pub fn vsock_socket(&self) -> Option<&Path> {
+        self.vsock_socket.as_deref()
     }
 
     /// Connects to the guest agent through the VM's vsock device,

@@ -16,7 +16,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::config::ShimConfig;
 use super::disk::{self, ShimDiskError};
 use super::leftovers::Leftovers;
-use crate::agent::{AgentCallError, AgentClient, AGENT_VSOCK_PORT};
+use crate::agent::{AgentCallError, AgentClient};
 use crate::cgroup::{sizing, CgroupConfig};
 use crate::pod::{Pod, PodConfig, PodError};
 
@@ -213,7 +213,13 @@ impl PodVm {
         let shutdown = pod.shutdown_handle();
         // The Pod (not Sync) is not held across the wait: the agent is
         // reached through its socket path.
-        let agent = reach_agent(&vsock, &shutdown, &console).await;
+        let agent = match crate::pod::reach_agent(&vsock, &shutdown, AGENT_DEADLINE).await {
+            Err(PodError::EndedEarly(exit)) => Err(PodVmError::EndedEarly {
+                exit,
+                console: console.clone(),
+            }),
+            other => other.map_err(PodVmError::from),
+        };
         let agent = match agent {
             Ok(a) => a,
             Err(e) => {
@@ -427,31 +433,6 @@ fn cgroup_of(spec: &Spec, id: &str) -> (String, String) {
         Some(("", name)) if !name.is_empty() => ("/".into(), name.to_string()),
         Some((parent, name)) if !name.is_empty() => (parent.to_string(), name.to_string()),
         _ => (String::new(), trimmed.to_string()),
-    }
-}
-
-async fn reach_agent(
-    vsock: &Path,
-    shutdown: &ShutdownHandle,
-    console: &Path,
-) -> Result<AgentClient, PodVmError> {
-    let started = Instant::now();
-    loop {
-        match AgentClient::connect(vsock, AGENT_VSOCK_PORT, Duration::from_secs(1)).await {
-            Ok(agent) => return Ok(agent),
-            Err(e) => {
-                if let Some(exit) = shutdown.wait_ended(Some(Duration::ZERO)) {
-                    return Err(PodVmError::EndedEarly {
-                        exit,
-                        console: console.to_path_buf(),
-                    });
-                }
-                if matches!(e, AgentCallError::Version { .. }) || started.elapsed() > AGENT_DEADLINE
-                {
-                    return Err(e.into());
-                }
-            }
-        }
     }
 }
 

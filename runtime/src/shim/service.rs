@@ -70,16 +70,9 @@ impl Shim for CorralShim {
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         // containerd logs this mode's stderr as warnings: say nothing.
         leftovers::cleanup(&self.bundle);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut at =
-            containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp::new();
-        at.seconds = now.as_secs() as i64;
-        at.nanos = now.subsec_nanos() as i32;
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: MessageField::some(at),
+            exited_at: MessageField::some(super::task::timestamp(std::time::SystemTime::now())),
             ..Default::default()
         })
     }

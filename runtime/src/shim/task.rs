@@ -116,7 +116,8 @@ fn agent_err(e: AgentCallError) -> ttrpc::Error {
     err(code, e.to_string())
 }
 
-fn timestamp(t: SystemTime) -> Timestamp {
+/// A protobuf timestamp of `t`.
+pub(super) fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut ts = Timestamp::new();
     ts.seconds = d.as_secs() as i64;
