@@ -12,7 +12,11 @@ It prints medians and the Corral/QEMU ratios, and the peak RSS of each VMM
 from separate, untimed runs under GNU time (a child forked from Python would
 report Python's own RSS as its peak).
 
-Usage: benches/compare_qemu.py [--runs N] [--corral PATH] [--guest PATH]
+With --edge PATH (scripts/build-edge's static binary, its guest inside but
+given the test guest here) it is run in the same alternation as a third
+VMM, to compare the static build with the dynamic one.
+
+Usage: benches/compare_qemu.py [--runs N] [--corral PATH] [--guest PATH] [--edge PATH]
 """
 
 import argparse
@@ -78,14 +82,17 @@ def main():
     ap.add_argument("--corral", default=os.path.join(ROOT, "target/release/corral"))
     ap.add_argument("--guest", default=os.path.join(
         ROOT, "test-guest/target/release/corral-test-guest"))
+    ap.add_argument("--edge", help="also run this static edge build of corral")
     args = ap.parse_args()
-    for path in (args.corral, args.guest):
+    for path in (args.corral, args.guest) + ((args.edge,) if args.edge else ()):
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: run `cargo build --release` first")
     if not shutil.which("qemu-system-x86_64"):
         sys.exit("qemu-system-x86_64 is missing: run `bash .ci/setup` (it installs qemu-system-x86)")
 
     vmms = {"corral": corral_cmd(args.corral, args.guest), "qemu": qemu_cmd(args.guest)}
+    if args.edge:
+        vmms["edge"] = corral_cmd(args.edge, args.guest)
     results = {name: [] for name in vmms}
     for name, cmd in vmms.items():  # warm the page cache, untimed
         measure(cmd)
@@ -109,8 +116,12 @@ def main():
     c, q = med["corral"], med["qemu"]
     print(f"{'ratio':10} {c[0] / q[0]:16.3f} {c[1] / q[1]:10.3f} {c[2] / q[2]:15.3f}"
           "   (corral / qemu)")
+    if args.edge:
+        e = med["edge"]
+        print(f"{'edge/corr':10} {e[0] / c[0]:16.3f} {e[1] / c[1]:10.3f} {e[2] / c[2]:15.3f}"
+              "   (static edge build / dynamic build)")
     lo = {name: min(r[0] for r in runs) for name, runs in results.items()}
-    print(f"first byte, fastest run: corral {lo['corral']:.2f} ms, qemu {lo['qemu']:.2f} ms")
+    print("first byte, fastest run: " + ", ".join(f"{n} {v:.2f} ms" for n, v in lo.items()))
 
 
 if __name__ == "__main__":

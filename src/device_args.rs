@@ -1,9 +1,52 @@
-//! Parsing of `--disk`, `--net` and `--vsock`; every error names the bad
-//! value and what was expected.
+//! Parsing of `--disk`, `--net`, `--vsock` and `--volume`; every error
+//! names the bad value and what was expected.
 
 use std::path::PathBuf;
 
 use corral_vmm::{DiskCache, DiskConfig, NetConfig, VsockConfig};
+
+/// A container volume: a disk image file on the host, mounted in the
+/// container at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeArg {
+    /// The disk image (ext4, squashfs or erofs).
+    pub host: PathBuf,
+    /// Absolute path in the container.
+    pub guest: String,
+    /// Attached and mounted read-only.
+    pub read_only: bool,
+}
+
+/// `HOST:GUEST[:ro|:rw]`.
+pub fn parse_volume(arg: &str) -> Result<VolumeArg, String> {
+    let bad = || format!("--volume {arg:?}: expected HOST_DISK_IMAGE:/GUEST/PATH[:ro]");
+    let mut parts = arg.split(':');
+    let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(other) => {
+            return Err(format!(
+                "--volume {arg:?}: option {other:?} is not ro or rw"
+            ))
+        }
+    };
+    if host.is_empty() || parts.next().is_some() {
+        return Err(bad());
+    }
+    if !guest.starts_with('/') || guest.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "--volume {arg:?}: the container path {guest:?} must be absolute, without \"..\""
+        ));
+    }
+    Ok(VolumeArg {
+        host: PathBuf::from(host),
+        guest: guest.to_string(),
+        read_only,
+    })
+}
 
 /// `PATH[,ro][,serial=SERIAL][,cache=writeback|unsafe]`.
 pub fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
@@ -126,5 +169,26 @@ mod tests {
         assert_eq!(v.cid, 3);
         assert!(parse_vsock("2,/tmp/x").unwrap_err().contains("reserved"));
         assert!(parse_vsock("x,/tmp/x").unwrap_err().contains("\"x\""));
+    }
+
+    #[test]
+    fn volumes_parse_and_bad_ones_are_named() {
+        let v = parse_volume("/d.ext4:/data:ro").unwrap();
+        assert_eq!(
+            (v.host, v.guest.as_str(), v.read_only),
+            (PathBuf::from("/d.ext4"), "/data", true)
+        );
+        assert!(!parse_volume("d.img:/x").unwrap().read_only);
+        for bad in [
+            "d.img",
+            ":/x",
+            "d.img:x",
+            "d.img:/x:rx",
+            "d.img:/a/../b",
+            "a:/b:ro:c",
+        ] {
+            let e = parse_volume(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

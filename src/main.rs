@@ -1,5 +1,7 @@
 //! `corral`: boot a micro-VM in this process and stream its serial console,
-//! or run one container in it (`--rootfs IMAGE -- CMD`).
+//! or run one container in it (`--image OCI [-- CMD]` or
+//! `--rootfs DISK -- CMD`). A build with the `embedded-guest` feature
+//! carries its own kernel and initramfs, so `--kernel` is optional.
 //!
 //! Exit status of `corral run`: 0 when the guest powers off; 3 when it asks
 //! for a reset (Corral does not reboot guests); 4 when it crashes; 5 when a
@@ -16,10 +18,21 @@ macro_rules! say_err {
     }};
 }
 
+/// Logs how long after `corral run` began a phase ended (target
+/// `corral::phase`, level info: `--log corral::phase=info` shows them).
+macro_rules! phase {
+    ($t0:expr, $what:expr) => {
+        tracing::info!(target: "corral::phase", "{} at +{:.1} ms", $what, $t0.elapsed().as_secs_f64() * 1e3)
+    };
+}
+
 mod cgroups;
 mod container;
 mod device_args;
+mod guest;
+mod image;
 mod signals;
+mod tty;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -49,11 +62,14 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("container").args(["rootfs", "image"]))]
 struct RunArgs {
-    /// Guest kernel: an ELF vmlinux (booted through its PVH note) or a bzImage.
+    /// Guest kernel: an ELF vmlinux (booted through its PVH note) or a
+    /// bzImage [default: the guest embedded in this build, if any].
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
-    /// Initrd / initramfs to load for the guest.
+    kernel: Option<PathBuf>,
+    /// Initrd / initramfs to load for the guest [default: the embedded
+    /// initramfs, with --image/--rootfs or without --kernel].
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
     /// Kernel command line.
@@ -85,14 +101,31 @@ struct RunArgs {
     /// Boot the initramfs that has the agent (rootfs/build.sh).
     #[arg(long, value_name = "IMAGE")]
     rootfs: Option<PathBuf>,
+    #[command(flatten)]
+    image: image::ImageArgs,
+    /// Mount a disk image file (ext4, squashfs or erofs) into the container
+    /// at an absolute path, read-write unless `:ro` (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]",
+          value_parser = device_args::parse_volume, requires = "container")]
+    volumes: Vec<device_args::VolumeArg>,
     /// An environment variable of the container's process (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE", requires = "rootfs")]
+    #[arg(
+        short = 'e',
+        long = "env",
+        value_name = "KEY=VALUE",
+        requires = "container"
+    )]
     env: Vec<String>,
     /// Forward stdin to the container's process (without it, its stdin is
     /// closed at once).
-    #[arg(short = 'i', long, requires = "rootfs")]
+    #[arg(short = 'i', long, requires = "container")]
     interactive: bool,
-    /// The container's command and its arguments (with --rootfs).
+    /// Give the container's process a terminal (with -i, this terminal's
+    /// keys go to it raw, and its size follows this window).
+    #[arg(short = 't', long, requires = "container")]
+    tty: bool,
+    /// The container's command and its arguments (with --rootfs; with
+    /// --image it replaces the image's CMD).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
@@ -123,17 +156,22 @@ fn init_logging(log: &str) -> anyhow::Result<()> {
         Err(_) => EnvFilter::try_new(log)
             .with_context(|| format!("--log {log:?} is not a valid log filter (try `info`)"))?,
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal, not for a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let t0 = std::time::Instant::now();
     // Before any VMM thread exists, so that all of them inherit the mask
     // and termination signals reach only the signal thread.
     let termination = signals::block_termination_signals()?;
+    let winch = tty::block_window_changes()?;
     let console = ConsoleConfig {
         output: args
             .console_file
@@ -145,42 +183,65 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ConsoleInput::None
         },
     };
+    let in_container = args.rootfs.is_some() || args.image.image.is_some();
+    let (kernel, initrd) = guest::choose(args.kernel, args.initrd, in_container)?;
     let mut config = VmConfig {
         vcpus: args.cpus,
         memory_mib: args.memory,
-        kernel: args.kernel,
-        initrd: args.initrd,
+        kernel,
+        initrd,
         cmdline: args.cmdline,
         console,
         disks: args.disks,
         nets: args.nets,
         vsock: args.vsock,
     };
-    let container_prepared = match &args.rootfs {
-        Some(rootfs) => {
+    let input = match (&args.rootfs, &args.image.image) {
+        (Some(rootfs), _) => {
             if args.command.is_empty() {
                 anyhow::bail!(
                     "--rootfs needs the container's command after `--` (e.g. -- echo hi)"
                 );
             }
+            Some(container::ContainerInput {
+                disk: rootfs.clone(),
+                disk_read_only: false,
+                command: args.command.clone(),
+                env: args.env.clone(),
+                cwd: args.image.workdir.clone(),
+                user: image::numeric_user(args.image.user.as_deref())?,
+                volumes: Vec::new(),
+            })
+        }
+        (None, Some(_)) => Some(image::container_input(
+            &args.image,
+            &args.command,
+            &args.env,
+        )?),
+        (None, None) => {
+            if !args.command.is_empty() {
+                anyhow::bail!(
+                    "a command after `--` runs in a container: give --image PATH or --rootfs DISK"
+                );
+            }
+            None
+        }
+    };
+    let container_prepared = match input {
+        Some(mut input) => {
+            input.volumes = args.volumes.clone();
             if args.console_file.is_none() {
                 // The container's output is this process's stdout.
                 config.console.output = ConsoleOutput::File(PathBuf::from("/dev/null"));
             }
             Some(container::prepare_vm(
                 &mut config,
-                rootfs,
-                &args.command,
-                &args.env,
+                input,
                 args.interactive,
+                args.tty,
             )?)
         }
-        None => {
-            if !args.command.is_empty() {
-                anyhow::bail!("a command after `--` runs in a container: give --rootfs IMAGE");
-            }
-            None
-        }
+        None => None,
     };
     let pod = PodConfig {
         vm: config,
@@ -188,12 +249,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Between create and start every thread exists and is placed, and no
     // guest code has run.
+    phase!(t0, "rootfs disk ready");
     let mut pod = Pod::create(pod).map_err(|e| cgroups::pod_error(e, &args.cgroups))?;
+    phase!(t0, "VM created and placed");
     pod.start();
     signals::spawn_shutdown_thread(termination, pod.shutdown_handle())?;
     let mut container = container_prepared
         .as_ref()
-        .map(|prepared| container::run(&mut pod, prepared));
+        .map(|prepared| container::run(&mut pod, prepared, Some(winch), t0));
     if let Some(Err(_)) = &container {
         match pod.wait_timeout(std::time::Duration::ZERO) {
             // Stopped by a signal, or the guest crashed: that is the reason
@@ -209,9 +272,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let exit = pod.wait();
+    phase!(t0, "VM ended");
     if let Err(e) = pod.teardown() {
         tracing::warn!("cgroups: teardown incomplete: {e}");
     }
+    phase!(t0, "VM torn down");
     if let Some(socket) = container_prepared
         .as_ref()
         .and_then(|p| p.added_socket.as_ref())

@@ -88,7 +88,7 @@ fn cases() -> Vec<Case> {
             name: "neither ELF nor bzImage",
             config: with({
                 let p = script.clone();
-                Box::new(move |c| c.kernel = p.clone())
+                Box::new(move |c| c.kernel = p.clone().into())
             }),
             cli: vec!["--kernel".into(), script.display().to_string()],
             expect: vec![
@@ -100,7 +100,7 @@ fn cases() -> Vec<Case> {
             name: "truncated ELF",
             config: with({
                 let p = truncated.clone();
-                Box::new(move |c| c.kernel = p.clone())
+                Box::new(move |c| c.kernel = p.clone().into())
             }),
             cli: vec!["--kernel".into(), truncated.display().to_string()],
             expect: vec![truncated.display().to_string(), "is truncated".into()],
@@ -135,7 +135,7 @@ fn cases() -> Vec<Case> {
                 let p = big_initrd.clone();
                 Box::new(move |c| {
                     c.memory_mib = 32;
-                    c.initrd = Some(p.clone());
+                    c.initrd = Some(p.clone().into());
                 })
             }),
             cli: vec![

@@ -213,7 +213,7 @@ fn container_usage_errors_are_named() {
     );
     let out = corral(&["run", "--kernel", g, "--", "true"]);
     assert!(
-        one_line_error(&out).contains("give --rootfs IMAGE"),
+        one_line_error(&out).contains("give --image PATH or --rootfs DISK"),
         "{out:?}"
     );
     let out = corral(&[

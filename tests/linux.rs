@@ -108,8 +108,8 @@ fn linux_boots_under_corral() {
     let config = VmConfig {
         vcpus: VCPUS,
         memory_mib: MEMORY_MIB,
-        kernel: kernel.clone(),
-        initrd: Some(initrd),
+        kernel: kernel.clone().into(),
+        initrd: Some(initrd.into()),
         cmdline,
         console: ConsoleConfig {
             output: ConsoleOutput::Buffer(console.clone()),
@@ -313,7 +313,7 @@ fn linux_bzimage_boots_through_the_64bit_protocol() {
     let config = VmConfig {
         vcpus: 1,
         memory_mib: MEMORY_MIB,
-        initrd: Some(common::initramfs()),
+        initrd: Some(common::initramfs().into()),
         cmdline,
         console: ConsoleConfig {
             output: ConsoleOutput::Buffer(console.clone()),

@@ -20,6 +20,8 @@ pub struct Rootfs {
     pub root: PathBuf,
     dir: PathBuf,
     mounted: Vec<PathBuf>,
+    /// Where the volumes are mounted.
+    volumes: Vec<PathBuf>,
 }
 
 /// The filesystem in the first 4 KiB of a device, by magic number.
@@ -87,49 +89,57 @@ fn drop_cached_blocks(device: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The device of `storage` and its filesystem type (given, or read from
+/// its superblock).
+fn open_storage(storage: &Storage) -> Result<(PathBuf, &'static str), AgentError> {
+    let device = match (storage.device.is_empty(), storage.virtio_serial.is_empty()) {
+        (false, true) => PathBuf::from(&storage.device),
+        (true, false) => find_by_serial(&storage.virtio_serial)?,
+        _ => {
+            return Err(AgentError::InvalidArgument(
+                "storage needs exactly one of device and virtio_serial".into(),
+            ))
+        }
+    };
+    let mut head = vec![0u8; 4096];
+    File::open(&device)
+        .and_then(|mut f| {
+            drop_cached_blocks(&f)?;
+            f.read_exact(&mut head)
+        })
+        .map_err(|e| AgentError::path("read the device", &device, e))?;
+    let fstype = if storage.fstype.is_empty() {
+        detect(&head).ok_or_else(|| {
+            AgentError::InvalidArgument(format!(
+                "no ext4, squashfs or erofs filesystem on {}",
+                device.display()
+            ))
+        })?
+    } else {
+        match storage.fstype.as_str() {
+            "ext4" => "ext4",
+            "squashfs" => "squashfs",
+            "erofs" => "erofs",
+            other => {
+                return Err(AgentError::InvalidArgument(format!(
+                    "filesystem type {other:?} is not supported (ext4, squashfs, erofs)"
+                )))
+            }
+        }
+    };
+    Ok((device, fstype))
+}
+
 impl Rootfs {
     /// Mounts `storage` for container `id` under `state_dir/id/`.
     pub fn mount(state_dir: &Path, id: &str, storage: &Storage) -> Result<Rootfs, AgentError> {
-        let device = match (storage.device.is_empty(), storage.virtio_serial.is_empty()) {
-            (false, true) => PathBuf::from(&storage.device),
-            (true, false) => find_by_serial(&storage.virtio_serial)?,
-            _ => {
-                return Err(AgentError::InvalidArgument(
-                    "rootfs storage needs exactly one of device and virtio_serial".into(),
-                ))
-            }
-        };
-        let mut head = vec![0u8; 4096];
-        File::open(&device)
-            .and_then(|mut f| {
-                drop_cached_blocks(&f)?;
-                f.read_exact(&mut head)
-            })
-            .map_err(|e| AgentError::path("read the rootfs device", &device, e))?;
-        let fstype = if storage.fstype.is_empty() {
-            detect(&head).ok_or_else(|| {
-                AgentError::InvalidArgument(format!(
-                    "no ext4, squashfs or erofs filesystem on {}",
-                    device.display()
-                ))
-            })?
-        } else {
-            match storage.fstype.as_str() {
-                "ext4" => "ext4",
-                "squashfs" => "squashfs",
-                "erofs" => "erofs",
-                other => {
-                    return Err(AgentError::InvalidArgument(format!(
-                        "rootfs type {other:?} is not supported (ext4, squashfs, erofs)"
-                    )))
-                }
-            }
-        };
+        let (device, fstype) = open_storage(storage)?;
         let dir = state_dir.join(id);
         let mut rootfs = Rootfs {
             root: dir.join("rootfs"),
             dir: dir.clone(),
             mounted: Vec::new(),
+            volumes: Vec::new(),
         };
         let result = rootfs.mount_layers(&device, fstype, storage.readonly);
         if let Err(e) = result {
@@ -138,6 +148,23 @@ impl Rootfs {
         }
         tracing::info!(container = id, device = %device.display(), fstype, "rootfs mounted");
         Ok(rootfs)
+    }
+
+    /// Mounts volume number `index` (a disk, as it is: read-only formats
+    /// stay read-only) under this container's directory; returns where, for
+    /// a bind mount into the container.
+    pub fn mount_volume(&mut self, index: usize, storage: &Storage) -> Result<PathBuf, AgentError> {
+        let (device, fstype) = open_storage(storage)?;
+        let target = self.dir.join("volumes").join(index.to_string());
+        let flags = if storage.readonly || fstype != "ext4" {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        self.mount_at(&device, &target, fstype, flags, None)?;
+        self.volumes.push(target.clone());
+        tracing::info!(device = %device.display(), fstype, "volume mounted");
+        Ok(target)
     }
 
     fn mount_at(
@@ -218,12 +245,15 @@ impl Rootfs {
         }
         // remove_dir, never remove_dir_all: a directory that is still a
         // mount point must not lose the container's files.
-        for d in [
+        let volumes = std::mem::take(&mut self.volumes);
+        let fixed = [
+            self.dir.join("volumes"),
             self.root.clone(),
             self.dir.join("lower"),
             self.dir.join("rw"),
             self.dir.clone(),
-        ] {
+        ];
+        for d in volumes.into_iter().chain(fixed) {
             match fs::remove_dir(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

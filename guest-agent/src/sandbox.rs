@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use corral_protocol::agent::Storage;
+use corral_protocol::agent::{Storage, Volume};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{Process as OciProcess, Spec};
+use oci_spec::runtime::{Mount, Process as OciProcess, Spec};
 
 use crate::cgroup::{GuestCgroups, Usage};
 use crate::child_config::{ChildConfig, ChildKind};
@@ -100,8 +100,17 @@ impl Sandbox {
         id: &str,
         spec_json: &[u8],
         storage: &Storage,
+        volumes: &[Volume],
     ) -> Result<u32, AgentError> {
         check_id(id)?;
+        for v in volumes {
+            if !v.mount_point.starts_with('/') {
+                return Err(AgentError::InvalidArgument(format!(
+                    "volume mount point {:?} is not an absolute path",
+                    v.mount_point
+                )));
+            }
+        }
         let spec: Spec = serde_json::from_slice(spec_json).map_err(AgentError::MalformedSpec)?;
         let process = spec
             .process()
@@ -123,10 +132,24 @@ impl Sandbox {
         // Off the runtime thread: waiting for the disk and mounting (an
         // ext4 journal replay) can take a while.
         let (state_dir, cid, storage) = (self.state_dir.clone(), id.to_string(), storage.clone());
-        let mut rootfs =
-            tokio::task::spawn_blocking(move || Rootfs::mount(&state_dir, &cid, &storage))
-                .await
-                .map_err(|e| AgentError::sys("mount the rootfs", std::io::Error::other(e)))??;
+        let vols = volumes.to_vec();
+        let (mut rootfs, volume_mounts) = tokio::task::spawn_blocking(move || {
+            let mut rootfs = Rootfs::mount(&state_dir, &cid, &storage)?;
+            let mut mounts = Vec::new();
+            for (i, v) in vols.iter().enumerate() {
+                let storage = v.storage.clone().into_option().unwrap_or_default();
+                match rootfs.mount_volume(i, &storage) {
+                    Ok(at) => mounts.push(volume_bind(&at, &v.mount_point, storage.readonly)),
+                    Err(e) => {
+                        let _ = rootfs.unmount();
+                        return Err(e);
+                    }
+                }
+            }
+            Ok((rootfs, mounts))
+        })
+        .await
+        .map_err(|e| AgentError::sys("mount the rootfs", std::io::Error::other(e)))??;
         let cgroup = match self
             .cgroups
             .create(id, linux.and_then(|l| l.resources().as_ref()))
@@ -142,7 +165,13 @@ impl Sandbox {
             kind: ChildKind::Init {
                 rootfs: rootfs.root.clone(),
                 hostname: spec.hostname().clone(),
-                mounts: spec.mounts().clone().unwrap_or_default(),
+                mounts: spec
+                    .mounts()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(volume_mounts)
+                    .collect(),
                 readonly_root: spec.root().as_ref().and_then(|r| r.readonly()) == Some(true),
                 masked_paths: linux
                     .and_then(|l| l.masked_paths().clone())
@@ -438,4 +467,19 @@ impl Sandbox {
         }
         first.map_or(Ok(()), Err)
     }
+}
+
+/// The bind mount that puts a volume mounted at `at` into the
+/// container at `mount_point`.
+fn volume_bind(at: &std::path::Path, mount_point: &str, readonly: bool) -> Mount {
+    let mut options = vec!["rbind".to_string()];
+    if readonly {
+        options.push("ro".to_string());
+    }
+    let mut m = Mount::default();
+    m.set_destination(mount_point.into());
+    m.set_source(Some(at.to_path_buf()));
+    m.set_typ(Some("bind".to_string()));
+    m.set_options(Some(options));
+    m
 }

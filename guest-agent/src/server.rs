@@ -63,8 +63,13 @@ impl Agent for Service {
         let storage = req.rootfs.into_option().unwrap_or_default();
         let sb = self.sandbox.clone();
         let pid = to_completion(async move {
-            sb.create(&req.container_id, &req.oci_spec_json, &storage)
-                .await
+            sb.create(
+                &req.container_id,
+                &req.oci_spec_json,
+                &storage,
+                &req.volumes,
+            )
+            .await
         })
         .await?;
         let mut r = CreateContainerResponse::new();

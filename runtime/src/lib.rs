@@ -5,9 +5,13 @@
 //! crate places — `Vmm::vcpu_tids` into the pod's constrained cgroup,
 //! `Vmm::other_tids` into the unconstrained overhead cgroup — in the window
 //! between `Vmm::create` and `Vmm::start`. See [`cgroup`].
+//!
+//! [`image`] turns an OCI or `docker save` image into the squashfs disk the
+//! guest mounts as its root.
 
 pub mod agent;
 pub mod cgroup;
+pub mod image;
 pub mod pod;
 #[cfg(feature = "shim")]
 pub mod shim;

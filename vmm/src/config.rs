@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::console::ConsoleConfig;
 use crate::layout::CMDLINE_MAX_SIZE;
+pub use crate::loader::BootFile;
 pub use corral_devices::virtio::block::{DiskCache, DiskConfig};
 pub use corral_devices::virtio::net::NetConfig;
 pub use corral_devices::virtio::vsock::VsockConfig;
@@ -34,9 +35,9 @@ pub struct VmConfig {
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// ELF vmlinux (PVH entry preferred) or bzImage.
-    pub kernel: PathBuf,
+    pub kernel: BootFile,
     /// Optional initrd/initramfs.
-    pub initrd: Option<PathBuf>,
+    pub initrd: Option<BootFile>,
     /// Kernel command line, exactly as given to the guest.
     pub cmdline: String,
     /// Where the serial console goes and where its input comes from.
@@ -51,7 +52,7 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// One vCPU, 128 MiB, [`DEFAULT_CMDLINE`], console on stdout.
-    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+    pub fn new(kernel: impl Into<BootFile>) -> Self {
         Self {
             vcpus: 1,
             memory_mib: 128,
@@ -76,9 +77,9 @@ impl VmConfig {
             return Err(VmConfigError::NoVcpus);
         }
         self.validate_memory(host_memory_mib())?;
-        check_file("kernel", &self.kernel)?;
+        check_boot_file("kernel", &self.kernel)?;
         if let Some(initrd) = &self.initrd {
-            check_file("initrd", initrd)?;
+            check_boot_file("initrd", initrd)?;
         }
         validate_cmdline(&self.cmdline)
     }
@@ -173,6 +174,18 @@ pub enum VmConfigError {
         /// What was asked for.
         mib: u64,
     },
+}
+
+fn check_boot_file(what: &'static str, file: &BootFile) -> Result<(), VmConfigError> {
+    match file {
+        BootFile::Path(path) => check_file(what, path),
+        BootFile::Embedded { bytes: &[], .. } => Err(VmConfigError::BadFile {
+            what,
+            path: file.label(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "empty"),
+        }),
+        BootFile::Embedded { .. } => Ok(()),
+    }
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), VmConfigError> {

@@ -39,7 +39,8 @@ mod vmm;
 pub mod x86_64;
 
 pub use config::{
-    DiskCache, DiskConfig, NetConfig, VmConfig, VmConfigError, VsockConfig, DEFAULT_CMDLINE,
+    BootFile, DiskCache, DiskConfig, NetConfig, VmConfig, VmConfigError, VsockConfig,
+    DEFAULT_CMDLINE,
 };
 pub use console::{ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput};
 pub use exit::{ShutdownHandle, VmExit};

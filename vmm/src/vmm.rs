@@ -137,8 +137,8 @@ impl Vmm {
         let kernel = load_kernel(vm.memory(), mem_size, &config.kernel)?;
         let initrd = config
             .initrd
-            .as_deref()
-            .map(|path| load_initrd(vm.memory(), &kernel, path))
+            .as_ref()
+            .map(|file| load_initrd(vm.memory(), &kernel, file))
             .transpose()?;
         let slots = virtio_devices::slots(&config)?;
         let cmdline = guest_cmdline(&config.cmdline, &slots);

@@ -196,10 +196,23 @@ impl AgentClient {
         spec_json: &[u8],
         rootfs: Storage,
     ) -> Result<u32, AgentCallError> {
+        self.create_container_with_volumes(id, spec_json, rootfs, Vec::new())
+            .await
+    }
+
+    /// Creates a container whose `volumes` (disks) are mounted into it.
+    pub async fn create_container_with_volumes(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        rootfs: Storage,
+        volumes: Vec<Volume>,
+    ) -> Result<u32, AgentCallError> {
         let mut r = CreateContainerRequest::new();
         r.container_id = id.to_string();
         r.oci_spec_json = spec_json.to_vec();
         r.rootfs = protobuf::MessageField::some(rootfs);
+        r.volumes = volumes;
         let reply = self
             .inner
             .create_container(ctx(CREATE_TIMEOUT.max(self.timeout)), &r)

@@ -136,7 +136,7 @@ impl PodVm {
         let net = net_of(spec)?;
         let console = dir.join("console.log");
         let mut vm = VmConfig::new(&config.kernel);
-        vm.initrd = Some(config.initrd.clone());
+        vm.initrd = Some(config.initrd.clone().into());
         vm.vcpus = size.vcpus;
         vm.memory_mib = size.memory_mib;
         vm.cmdline = format!(

@@ -397,6 +397,7 @@ const FORWARDED_ENV: &[&str] = &[
     "XDG_CACHE_HOME",
     "RUST_LOG",
     "CORRAL_SHIM_BIN",
+    "CORRAL_EDGE_BIN",
 ];
 
 /// Whether this process runs inside the lane's L1 (pure cgroup v2 host).

@@ -3,13 +3,12 @@
 //! compressed kernel decompresses itself; the check here makes sure the
 //! guest has the memory that takes.
 
-use std::fs::File;
 use std::path::Path;
 
 use linux_loader::loader::{self, BzImage, KernelLoader};
 use vm_memory::GuestAddress;
 
-use super::{BootProtocol, KernelLoadError, LoadedKernel};
+use super::{BootProtocol, BootReader, KernelLoadError, LoadedKernel};
 use crate::layout::{low_ram_end, CMDLINE_MAX_SIZE, HIGH_MEMORY_START};
 use crate::memory::GuestMemoryMmap;
 
@@ -22,7 +21,7 @@ const XLF_KERNEL_64: u16 = 1;
 pub(super) fn load(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    file: &mut File,
+    file: &mut BootReader,
     len: u64,
     path: &Path,
 ) -> Result<LoadedKernel, KernelLoadError> {

@@ -1,7 +1,6 @@
 //! ELF vmlinux: checked here, loaded by `linux-loader`, entered through its
 //! PVH note when it has one (else in 64-bit mode at its entry point).
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::mem::size_of;
 use std::path::Path;
@@ -11,7 +10,7 @@ use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{self, Elf, KernelLoader};
 use vm_memory::{ByteValued, GuestAddress};
 
-use super::{BootProtocol, KernelLoadError, LoadedKernel};
+use super::{BootProtocol, BootReader, KernelLoadError, LoadedKernel};
 use crate::layout::{low_ram_end, CMDLINE_MAX_SIZE, HIGH_MEMORY_START};
 use crate::memory::GuestMemoryMmap;
 
@@ -22,7 +21,7 @@ const EM_X86_64: u16 = 62;
 /// all: a 64-bit x86 ELF, the file holding every header and segment it
 /// declares, every segment landing in RAM above the boot structures.
 pub(super) fn check(
-    file: &mut File,
+    file: &mut BootReader,
     len: u64,
     mem_size: u64,
     path: &Path,
@@ -104,7 +103,7 @@ pub(super) fn check(
 pub(super) fn load(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    file: &mut File,
+    file: &mut BootReader,
     path: &Path,
 ) -> Result<LoadedKernel, KernelLoadError> {
     let result =
@@ -132,8 +131,8 @@ pub(super) fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::load_kernel;
     use crate::loader::test_util::temp_file;
+    use crate::loader::{load_kernel, BootFile};
     use crate::memory::create_guest_memory;
     use vm_memory::Bytes;
 
@@ -173,7 +172,7 @@ mod tests {
     fn loads_an_elf_without_pvh_note_for_64bit_entry() {
         let mem = create_guest_memory(16 << 20).unwrap();
         let path = temp_file("ok.elf", &tiny_elf(0x20_0000, &[0x90; 64]));
-        let k = load_kernel(&mem, 16 << 20, &path).unwrap();
+        let k = load_kernel(&mem, 16 << 20, &path.clone().into()).unwrap();
         assert!(matches!(
             k.protocol,
             BootProtocol::Linux64 {
@@ -191,20 +190,20 @@ mod tests {
         let mem_size = 16 << 20;
         let elf = tiny_elf(0x20_0000, &[0x90; 4096]);
         let cut = temp_file("cut.elf", &elf[..elf.len() - 100]);
-        let e = load_kernel(&mem, mem_size, &cut).unwrap_err();
+        let e = load_kernel(&mem, mem_size, &cut.clone().into()).unwrap_err();
         assert!(matches!(e, KernelLoadError::Truncated { .. }), "{e}");
         assert!(e.to_string().contains("segment 0"), "{e}");
 
         let header_only = temp_file("hdr.elf", &elf[..40]);
-        let e = load_kernel(&mem, mem_size, &header_only).unwrap_err();
+        let e = load_kernel(&mem, mem_size, &header_only.clone().into()).unwrap_err();
         assert!(e.to_string().contains("the ELF header"), "{e}");
 
         let big = temp_file("big.elf", &tiny_elf(15 << 20, &[0u8; 0x10_0000]));
-        let e = load_kernel(&mem, mem_size, &big).unwrap_err();
+        let e = load_kernel(&mem, mem_size, &big.clone().into()).unwrap_err();
         assert!(matches!(e, KernelLoadError::DoesNotFit { .. }), "{e}");
 
         let low = temp_file("low.elf", &tiny_elf(0x8000, &[0u8; 16]));
-        let e = load_kernel(&mem, mem_size, &low).unwrap_err();
+        let e = load_kernel(&mem, mem_size, &low.clone().into()).unwrap_err();
         assert!(
             matches!(e, KernelLoadError::SegmentInBootArea { addr: 0x8000, .. }),
             "{e}"
@@ -212,7 +211,8 @@ mod tests {
 
         let mut elf32 = elf.clone();
         elf32[4] = 1;
-        let e = load_kernel(&mem, mem_size, &temp_file("32.elf", &elf32)).unwrap_err();
+        let e =
+            load_kernel(&mem, mem_size, &BootFile::from(temp_file("32.elf", &elf32))).unwrap_err();
         assert!(
             e.to_string().contains("not a 64-bit x86 ELF (class 1"),
             "{e}"

@@ -1,28 +1,26 @@
 //! The initrd: placed as high in low RAM as the kernel allows, page-aligned,
 //! and never over the kernel or the boot structures below 1 MiB.
 
-use std::fs::File;
-use std::path::Path;
-
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{InitrdRange, KernelLoadError, LoadedKernel};
+use super::{BootFile, InitrdRange, KernelLoadError, LoadedKernel};
 use crate::layout::{HIGH_MEMORY_START, MMIO_GAP_END};
 use crate::memory::GuestMemoryMmap;
 
-/// Places the initrd at `path` as high as `kernel` allows, page-aligned.
+/// Places the initrd `source` as high as `kernel` allows, page-aligned.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
-    path: &Path,
+    source: &BootFile,
 ) -> Result<InitrdRange, KernelLoadError> {
+    let label = source.label();
+    let path = label.as_path();
     let read_err = |source| KernelLoadError::Read {
         what: "initrd",
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
+    let (mut file, size) = source.open().map_err(read_err)?;
     let lowest = kernel.end.max(HIGH_MEMORY_START).next_multiple_of(0x1000);
     let top = kernel.initrd_limit.min(MMIO_GAP_END);
     let available = top.saturating_sub(lowest);
@@ -65,7 +63,7 @@ mod tests {
     fn initrd_goes_high_and_must_fit() {
         let mem = create_guest_memory(16 << 20).unwrap();
         let small = temp_file("initrd", &[7u8; 5000]);
-        let r = load_initrd(&mem, &kernel(0x20_0000), &small).unwrap();
+        let r = load_initrd(&mem, &kernel(0x20_0000), &small.clone().into()).unwrap();
         assert_eq!(
             r,
             InitrdRange {
@@ -76,13 +74,13 @@ mod tests {
         assert_eq!(mem.read_obj::<u8>(GuestAddress(r.addr + 4999)).unwrap(), 7);
 
         let huge = temp_file("initrd-huge", &vec![0u8; 15 << 20]);
-        let e = load_initrd(&mem, &kernel(0x20_0000), &huge).unwrap_err();
+        let e = load_initrd(&mem, &kernel(0x20_0000), &huge.clone().into()).unwrap_err();
         assert!(matches!(e, KernelLoadError::InitrdTooLarge { .. }), "{e}");
         // Even with no kernel in the way, nothing goes below 1 MiB.
-        let r = load_initrd(&mem, &kernel(0), &huge).unwrap();
+        let r = load_initrd(&mem, &kernel(0), &huge.clone().into()).unwrap();
         assert_eq!(r.addr, HIGH_MEMORY_START);
         let over = temp_file("initrd-over", &vec![0u8; (15 << 20) + 1]);
-        let e = load_initrd(&mem, &kernel(0), &over).unwrap_err();
+        let e = load_initrd(&mem, &kernel(0), &over.clone().into()).unwrap_err();
         assert!(matches!(e, KernelLoadError::InitrdTooLarge { .. }), "{e}");
     }
 }

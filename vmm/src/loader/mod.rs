@@ -14,13 +14,14 @@ mod bzimage;
 mod cmdline;
 mod elf;
 mod initrd;
+mod source;
 
 pub use cmdline::load_cmdline;
 pub use initrd::load_initrd;
+pub use source::{BootFile, BootReader};
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use linux_loader::bootparam::setup_header;
 use linux_loader::loader;
@@ -188,19 +189,20 @@ const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const BZIMAGE_MAGIC_OFFSET: usize = 0x202;
 const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
 
-/// Loads the kernel at `path` into `mem` (of `mem_size` bytes).
+/// Loads the kernel `source` into `mem` (of `mem_size` bytes).
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    path: &Path,
+    source: &BootFile,
 ) -> Result<LoadedKernel, KernelLoadError> {
+    let label = source.label();
+    let path = label.as_path();
     let read_err = |source| KernelLoadError::Read {
         what: "kernel",
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
-    let len = file.metadata().map_err(read_err)?.len();
+    let (mut file, len) = source.open().map_err(read_err)?;
     let mut head = [0u8; BZIMAGE_MAGIC_OFFSET + 4];
     let n = read_up_to(&mut file, &mut head).map_err(read_err)?;
     let head = &head[..n];
@@ -218,7 +220,7 @@ pub fn load_kernel(
     }
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read(&mut buf[done..]) {
@@ -260,7 +262,7 @@ mod tests {
     fn unknown_formats_are_named() {
         let mem = create_guest_memory(16 << 20).unwrap();
         let junk = temp_file("junk", b"#!/bin/sh\necho not a kernel\n");
-        let e = load_kernel(&mem, 16 << 20, &junk).unwrap_err();
+        let e = load_kernel(&mem, 16 << 20, &junk.into()).unwrap_err();
         assert!(matches!(e, KernelLoadError::UnknownFormat { .. }), "{e}");
         assert!(e
             .to_string()
