@@ -36,6 +36,11 @@ pub fn parse_volume(arg: &str) -> Result<VolumeArg, String> {
     if host.is_empty() || parts.next().is_some() {
         return Err(bad());
     }
+    if guest.trim_end_matches('/').is_empty() {
+        return Err(format!(
+            "--volume {arg:?}: a volume cannot be mounted over the container's root"
+        ));
+    }
     if !guest.starts_with('/') || guest.split('/').any(|c| c == "..") {
         return Err(format!(
             "--volume {arg:?}: the container path {guest:?} must be absolute, without \"..\""

@@ -168,34 +168,11 @@ fn init_logging(log: &str) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let t0 = std::time::Instant::now();
-    // Before any VMM thread exists, so that all of them inherit the mask
-    // and termination signals reach only the signal thread.
-    let termination = signals::block_termination_signals()?;
-    let winch = tty::block_window_changes()?;
-    let console = ConsoleConfig {
-        output: args
-            .console_file
-            .clone()
-            .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
-        input: if stdin_is_interactive() {
-            ConsoleInput::Stdin
-        } else {
-            ConsoleInput::None
-        },
-    };
     let in_container = args.rootfs.is_some() || args.image.image.is_some();
     let (kernel, initrd) = guest::choose(args.kernel, args.initrd, in_container)?;
-    let mut config = VmConfig {
-        vcpus: args.cpus,
-        memory_mib: args.memory,
-        kernel,
-        initrd,
-        cmdline: args.cmdline,
-        console,
-        disks: args.disks,
-        nets: args.nets,
-        vsock: args.vsock,
-    };
+    // The image is converted first, while SIGINT/SIGTERM still end the
+    // process at once (a conversion can take a while; its temporary disk
+    // is swept by the next one); no thread exists yet.
     let input = match (&args.rootfs, &args.image.image) {
         (Some(rootfs), _) => {
             if args.command.is_empty() {
@@ -226,6 +203,32 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             None
         }
+    };
+    // Before any VMM thread exists, so that all of them inherit the mask
+    // and termination signals reach only the signal thread.
+    let termination = signals::block_termination_signals()?;
+    let winch = tty::block_window_changes()?;
+    let console = ConsoleConfig {
+        output: args
+            .console_file
+            .clone()
+            .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+        input: if stdin_is_interactive() {
+            ConsoleInput::Stdin
+        } else {
+            ConsoleInput::None
+        },
+    };
+    let mut config = VmConfig {
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        kernel,
+        initrd,
+        cmdline: args.cmdline,
+        console,
+        disks: args.disks,
+        nets: args.nets,
+        vsock: args.vsock,
     };
     let container_prepared = match input {
         Some(mut input) => {

@@ -161,8 +161,10 @@ impl Rootfs {
         } else {
             MsFlags::empty()
         };
-        self.mount_at(&device, &target, fstype, flags, None)?;
+        // Listed before mounting, so that unmount removes the directory
+        // even when the mount fails.
         self.volumes.push(target.clone());
+        self.mount_at(&device, &target, fstype, flags, None)?;
         tracing::info!(device = %device.display(), fstype, "volume mounted");
         Ok(target)
     }
@@ -253,14 +255,18 @@ impl Rootfs {
             self.dir.join("rw"),
             self.dir.clone(),
         ];
+        // Every directory is tried; the first failure is reported.
+        let mut failed = None;
         for d in volumes.into_iter().chain(fixed) {
             match fs::remove_dir(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(AgentError::path("remove", &d, e)),
+                Err(e) => {
+                    failed.get_or_insert(AgentError::path("remove", &d, e));
+                }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 

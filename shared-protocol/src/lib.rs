@@ -26,7 +26,8 @@ pub use ttrpc;
 
 /// The protocol version `Check` reports; bumped on any incompatible change
 /// of `proto/agent.proto`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `CreateContainerRequest.volumes` (an older agent would drop them).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on unless told otherwise.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

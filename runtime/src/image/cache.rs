@@ -46,6 +46,28 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(blocks.saturating_mul(block_size))
 }
 
+/// Removes temporary disks (`*.squashfs.tmp.<pid>`) left in `cache` by
+/// processes that are gone (killed while converting). Best effort.
+pub(super) fn sweep_stale(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split_once(".squashfs.tmp."))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(path = %entry.path().display(), "removing a dead process's temporary disk");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Fails with [`ImageError::NoSpace`] when `needed` bytes do not fit in the
 /// cache filesystem's free space.
 pub(super) fn check_space(image: &Path, cache: &Path, needed: u64) -> Result<(), ImageError> {
@@ -111,12 +133,12 @@ pub(super) struct TempFile {
 }
 
 impl TempFile {
-    /// Creates (or truncates a stale one of this process's pid) `path`.
+    /// Creates `path`, which must not exist: never through a planted
+    /// symlink, never over another writer's file (O_EXCL).
     pub(super) fn create(path: PathBuf) -> Result<(Self, File), ImageError> {
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(|source| ImageError::Cache {
                 path: path.clone(),
@@ -155,8 +177,16 @@ impl Drop for TempFile {
 pub(super) struct Spool {
     out: BufWriter<File>,
     len: u64,
+    /// The most it may hold: the cache's free space when it was made, less
+    /// a reserve, so a decompression bomb fails early instead of filling
+    /// the filesystem for everyone.
+    limit: u64,
     path: PathBuf,
+    image: PathBuf,
 }
+
+/// Free space a spool leaves untouched on the cache's filesystem.
+const SPOOL_RESERVE: u64 = 64 << 20;
 
 /// Why an append failed: reading the entry, or writing the spool.
 pub(super) enum AppendError {
@@ -165,25 +195,29 @@ pub(super) enum AppendError {
 }
 
 impl Spool {
-    pub(super) fn create(cache: &Path, key: &str) -> Result<Self, ImageError> {
+    pub(super) fn create(image: &Path, cache: &Path, key: &str) -> Result<Self, ImageError> {
         let path = cache.join(format!(".{key}.spool.{}", std::process::id()));
         let err = |action, source| ImageError::Cache {
             path: path.clone(),
             action,
             source,
         };
+        let limit = free_bytes(cache)
+            .map_err(|e| err("read the free space (statvfs)", e))?
+            .saturating_sub(SPOOL_RESERVE);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(|e| err("create the layer spool", e))?;
         std::fs::remove_file(&path).map_err(|e| err("unlink the layer spool", e))?;
         Ok(Self {
             out: BufWriter::with_capacity(1 << 20, file),
             len: 0,
+            limit,
             path,
+            image: image.to_path_buf(),
         })
     }
 
@@ -198,6 +232,18 @@ impl Spool {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(AppendError::Read(e)),
             };
+            if self.len.saturating_add(n as u64) > self.limit {
+                let cache = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                return Err(AppendError::Write(ImageError::NoSpace {
+                    image: self.image.clone(),
+                    cache,
+                    needed: self
+                        .len
+                        .saturating_add(n as u64)
+                        .saturating_add(SPOOL_RESERVE),
+                    free: self.limit.saturating_add(SPOOL_RESERVE),
+                }));
+            }
             self.out.write_all(&buf[..n]).map_err(|source| {
                 AppendError::Write(ImageError::Cache {
                     path: self.path.clone(),
@@ -257,7 +303,7 @@ mod tests {
     #[test]
     fn spool_is_unlinked_and_temp_files_clean_up() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::create(dir.path(), "k").unwrap();
+        let mut spool = Spool::create(Path::new("img"), dir.path(), "k").unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert_eq!(spool.append(&mut &b"hello"[..]).ok(), Some((0, 5)));
         assert_eq!(spool.append(&mut &b"world"[..]).ok(), Some((5, 5)));
@@ -274,5 +320,33 @@ mod tests {
         let (tmp, _file) = TempFile::create(dir.path().join("y.tmp")).unwrap();
         tmp.persist(&dir.path().join("y")).unwrap();
         assert!(dir.path().join("y").is_file());
+    }
+
+    #[test]
+    fn a_dead_processs_temporary_disk_is_swept_and_a_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Above Linux's largest pid: no such process.
+        let dead = tmp.path().join("v1-abc.squashfs.tmp.4194305");
+        let live = tmp
+            .path()
+            .join(format!("v1-abc.squashfs.tmp.{}", std::process::id()));
+        let disk = tmp.path().join("v1-abc.squashfs");
+        for f in [&dead, &live, &disk] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        sweep_stale(tmp.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && disk.exists());
+    }
+
+    #[test]
+    fn temporary_files_are_never_opened_through_an_existing_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let planted = tmp.path().join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        assert!(TempFile::create(planted).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 }

@@ -42,7 +42,7 @@ pub enum ImageError {
         source: Option<io::Error>,
     },
     /// A blob a manifest or `manifest.json` refers to is not in the image.
-    #[error("image {}: blob {name} is missing", image.display())]
+    #[error("image {}: blob {name:?} is missing", image.display())]
     MissingBlob {
         /// The image path as given.
         image: PathBuf,
@@ -50,7 +50,7 @@ pub enum ImageError {
         name: String,
     },
     /// A blob is there but reading it failed.
-    #[error("image {}: cannot read {name}", image.display())]
+    #[error("image {}: cannot read {name:?}", image.display())]
     ReadBlob {
         /// The image path as given.
         image: PathBuf,
@@ -157,7 +157,7 @@ pub enum ImageError {
         detail: String,
     },
     /// The image is for another OS or architecture.
-    #[error("image {} is for {found}; this host runs linux/amd64", image.display())]
+    #[error("image {} is for {found:?}; this host runs linux/amd64", image.display())]
     WrongPlatform {
         /// The image path as given.
         image: PathBuf,
@@ -165,7 +165,7 @@ pub enum ImageError {
         found: String,
     },
     /// A media type this code cannot unpack.
-    #[error("image {}: unsupported media type {media_type} for {what}", image.display())]
+    #[error("image {}: unsupported media type {media_type:?} for {what}", image.display())]
     UnsupportedMediaType {
         /// The image path as given.
         image: PathBuf,

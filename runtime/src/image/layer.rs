@@ -129,6 +129,41 @@ impl From<io::Error> for Failure {
     }
 }
 
+/// Tar metadata (headers, GNU long names, PAX records) allowed before each
+/// entry: the `tar` crate reads long names and PAX records whole into
+/// memory, so without a bound a small hostile layer could claim gigabytes.
+const METADATA_LIMIT: u64 = 1 << 20;
+/// Longest name of one path component (squashfs and Linux's NAME_MAX).
+const NAME_MAX: usize = 255;
+/// Longest symlink target (Linux's PATH_MAX less the NUL).
+const LINK_MAX: usize = 4095;
+
+/// The layer's decompressed stream, failing once more than
+/// [`METADATA_LIMIT`] bytes are read beyond what the entries returned so
+/// far declared as their data.
+struct Bounded<'a> {
+    inner: &'a mut dyn Read,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+    allowed: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (read, allowed) = (self.read.get(), self.allowed.get());
+        if read >= allowed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {METADATA_LIMIT} bytes of tar headers, long names or PAX records before one entry"),
+            ));
+        }
+        let room = usize::try_from(allowed - read).unwrap_or(usize::MAX);
+        let max = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.read.set(read + n as u64);
+        Ok(n)
+    }
+}
+
 /// A tar path → components inside the root; `None` when `..` climbs out.
 /// Absolute paths are taken as relative to the root.
 fn components(path: &[u8]) -> Option<Vec<Name>> {
@@ -154,9 +189,24 @@ fn entries(
     tree: &mut Tree,
     spool: &mut Spool,
 ) -> Result<(), Failure> {
-    let mut archive = tar::Archive::new(stream);
+    let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let allowed = std::rc::Rc::new(std::cell::Cell::new(METADATA_LIMIT));
+    let bounded = Bounded {
+        inner: stream,
+        read: read.clone(),
+        allowed: allowed.clone(),
+    };
+    let mut archive = tar::Archive::new(bounded);
     for entry in archive.entries()? {
         let mut entry = entry?;
+        // This entry's data (padded to 512-byte blocks), then the next
+        // entry's metadata, may be read from here on.
+        let data = entry.size().max(entry.header().entry_size().unwrap_or(0));
+        allowed.set(
+            read.get()
+                .saturating_add(data.saturating_add(511) & !511)
+                .saturating_add(METADATA_LIMIT),
+        );
         let raw_path = entry.path_bytes().into_owned();
         let bad = |problem: String| {
             Failure::Image(ImageError::BadEntry {
@@ -167,6 +217,9 @@ fn entries(
             })
         };
         let path = components(&raw_path).ok_or_else(|| bad("escapes the image root".into()))?;
+        if path.iter().any(|c| c.len() > NAME_MAX) {
+            return Err(bad(format!("has a name longer than {NAME_MAX} bytes")));
+        }
         if let Some((name, parent)) = path.split_last() {
             if let Some(hidden) = name.strip_prefix(b".wh.") {
                 match hidden {
@@ -217,6 +270,11 @@ fn entries(
             let target = entry
                 .link_name_bytes()
                 .ok_or_else(|| bad("is a symlink without a target".into()))?;
+            if target.len() > LINK_MAX {
+                return Err(bad(format!(
+                    "is a symlink to a target longer than {LINK_MAX} bytes"
+                )));
+            }
             Kind::Symlink(target.into_owned())
         } else if kind.is_hard_link() {
             let target = entry

@@ -461,7 +461,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "image /i is for linux/arm64, linux/s390x; this host runs linux/amd64"
+            "image /i is for \"linux/arm64, linux/s390x\"; this host runs linux/amd64"
         );
         let err = pick(vec![]).unwrap_err();
         assert_eq!(

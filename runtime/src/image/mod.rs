@@ -17,10 +17,11 @@
 //! - `user`: the image's user name resolved through the disk's own
 //!   `/etc/passwd` and `/etc/group` ([`resolve_user`]).
 //!
-//! The disk is `<cache_dir>/<key>.squashfs`, `key` being the layers' chain ID,
+//! The disk is `<cache_dir>/v1-<key>.squashfs`, `key` being the layers' chain ID
+//! (`v1` the converter's format version),
 //! so a second `prepare` of the same image (or of any image with the same
 //! layers) reads only its manifest and config. It is written as
-//! `<key>.squashfs.tmp.<pid>` and renamed into place when complete; on any
+//! `v1-<key>.squashfs.tmp.<pid>` and renamed into place when complete; on any
 //! error nothing is left in the cache directory.
 
 mod cache;
@@ -100,7 +101,7 @@ impl ImageConfig {
 /// A ready disk.
 #[derive(Clone, Debug)]
 pub struct PreparedImage {
-    /// The squashfs, `<cache_dir>/<key>.squashfs`.
+    /// The squashfs, `<cache_dir>/v1-<key>.squashfs`.
     pub disk: PathBuf,
     /// What the image says to run.
     pub config: ImageConfig,
@@ -109,6 +110,9 @@ pub struct PreparedImage {
     /// Uncompressed bytes of all layers read (0 when cached).
     pub bytes_unpacked: u64,
 }
+
+/// The version of the disks this converter writes (the cache key's prefix).
+const DISK_FORMAT: &str = "v1";
 
 /// Bytes the squashfs may need beyond the file data, per node (inode,
 /// directory entry, fragment and id table share): a generous bound.
@@ -129,7 +133,9 @@ pub fn prepare(image: &Path, cache_dir: &Path) -> Result<PreparedImage, ImageErr
         action: "create the directory",
         source,
     })?;
-    let disk = cache_dir.join(format!("{key}.squashfs"));
+    // The converter's format version is part of the name, so disks made
+    // by an older (perhaps faulty) converter are never reused.
+    let disk = cache_dir.join(format!("{DISK_FORMAT}-{key}.squashfs"));
     let _building = cache::Building::start(&key);
     if disk.is_file() {
         tracing::debug!(disk = %disk.display(), "image disk cached");
@@ -153,7 +159,8 @@ pub fn prepare(image: &Path, cache_dir: &Path) -> Result<PreparedImage, ImageErr
     }
     cache::check_space(image, cache_dir, stored)?;
 
-    let mut spool = cache::Spool::create(cache_dir, &key)?;
+    cache::sweep_stale(cache_dir);
+    let mut spool = cache::Spool::create(image, cache_dir, &key)?;
     let mut tree = tree::Tree::new();
     let mut unpacked = 0u64;
     for (index, spec) in resolved.layers.iter().enumerate() {
@@ -170,9 +177,10 @@ pub fn prepare(image: &Path, cache_dir: &Path) -> Result<PreparedImage, ImageErr
         cache_dir,
         file_bytes.saturating_add(nodes.saturating_mul(METADATA_PER_NODE)),
     )?;
-    let (tmp, file) = cache::TempFile::create(
-        cache_dir.join(format!("{key}.squashfs.tmp.{}", std::process::id())),
-    )?;
+    let (tmp, file) = cache::TempFile::create(cache_dir.join(format!(
+        "{DISK_FORMAT}-{key}.squashfs.tmp.{}",
+        std::process::id()
+    )))?;
     squash::write(image, &tree, &spool, tmp.path(), file)?;
     tmp.persist(&disk)?;
     tracing::debug!(disk = %disk.display(), unpacked, nodes, "image disk written");

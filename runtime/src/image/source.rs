@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -268,11 +269,19 @@ impl Source {
                     name: name.to_owned(),
                     source,
                 };
-                let file = match File::open(&path) {
-                    Ok(file) => file,
+                // Checked before opening: opening a FIFO planted in the
+                // layout would block for ever.
+                match std::fs::metadata(&path) {
+                    Ok(meta) if meta.is_file() => {}
+                    Ok(_) => return Err(missing()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
                     Err(e) => return Err(read_err(e)),
-                };
+                }
+                let file = File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+                    .map_err(read_err)?;
                 let meta = file.metadata().map_err(read_err)?;
                 if !meta.is_file() {
                     return Err(missing());

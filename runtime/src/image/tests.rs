@@ -375,7 +375,10 @@ fn flipped_byte_in_a_docker_layer_fails_its_diff_id() {
 fn arm64_image_is_refused() {
     let (lower, _) = two_layers();
     let files = oci(&[(lower, Z::Gzip)], "arm64", &run_config());
-    let err = expect_error(&files, &["is for linux/arm64; this host runs linux/amd64"]);
+    let err = expect_error(
+        &files,
+        &["is for \"linux/arm64\"; this host runs linux/amd64"],
+    );
     assert!(matches!(err, ImageError::WrongPlatform { .. }));
 }
 
@@ -391,7 +394,10 @@ fn missing_blob_is_named() {
     files.0.remove(&format!("blobs/sha256/{}", &digest[7..]));
     let err = expect_error(
         &files,
-        &[&format!("blob blobs/sha256/{} is missing", &digest[7..])],
+        &[&format!(
+            "blob \"blobs/sha256/{}\" is missing",
+            &digest[7..]
+        )],
     );
     assert!(matches!(err, ImageError::MissingBlob { .. }));
 }
@@ -449,4 +455,86 @@ fn not_an_image() {
 fn errors_can_travel_between_threads() {
     fn send_sync<T: Send + Sync + 'static>() {}
     send_sync::<ImageError>();
+}
+
+/// A layer written with the tar crate's own long-name support (GNU `L`/`K`
+/// entries): a file at `name`, and a symlink to `target`.
+fn long_names_layer(name: &str, target: &str) -> Vec<u8> {
+    let header = || {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header();
+    h.set_size(1);
+    b.append_data(&mut h, name, &b"x"[..]).unwrap();
+    let mut h = header();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "link", target).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn overlong_names_and_link_targets_are_refused() {
+    let name = "n".repeat(256);
+    let files = oci(
+        &[(long_names_layer(&name, "t"), Z::Gzip)],
+        "amd64",
+        &run_config(),
+    );
+    expect_error(&files, &["has a name longer than 255 bytes"]);
+    let target = "t/".repeat(2100);
+    let files = oci(
+        &[(long_names_layer("ok", &target), Z::Gzip)],
+        "amd64",
+        &run_config(),
+    );
+    expect_error(&files, &["target longer than 4095 bytes"]);
+}
+
+#[test]
+fn a_huge_long_name_record_is_refused_without_reading_it_whole() {
+    // A GNU long-name record of 4 MiB (the tar crate would hold it all in
+    // memory; a hostile one could claim gigabytes), then a normal entry.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(4 << 20);
+    h.set_cksum();
+    b.append(&h, &vec![b'a'; 4 << 20][..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(1);
+    h.set_path("f").unwrap();
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let files = oci(
+        &[(b.into_inner().unwrap(), Z::Gzip)],
+        "amd64",
+        &run_config(),
+    );
+    let err = expect_error(&files, &["is not a readable"]);
+    let mut chain = String::new();
+    let mut cause: Option<&dyn std::error::Error> = Some(&err);
+    while let Some(c) = cause {
+        chain.push_str(&format!("{c}: "));
+        cause = c.source();
+    }
+    assert!(
+        chain.contains("tar headers, long names or PAX records"),
+        "{chain}"
+    );
 }

@@ -75,8 +75,14 @@ fn resolve_in(
         what: what.to_string(),
     };
     // A name, or a number that passwd may list.
-    let pw =
-        entries(passwd).find(|f| f[0] == name || name.parse::<u32>().ok() == f[2].parse().ok());
+    // A number matches only a line with that uid (never a line whose uid
+    // field does not parse, such as NIS's `+::::::`).
+    let pw = entries(passwd).find(|f| {
+        f[0] == name
+            || name
+                .parse::<u32>()
+                .is_ok_and(|n| f[2].parse::<u32>().ok() == Some(n))
+    });
     let (uid, login, pw_gid) = match (name.parse::<u32>(), &pw) {
         (Ok(uid), _) => (
             uid,
@@ -126,7 +132,7 @@ mod tests {
     use super::*;
 
     const PASSWD: &str =
-        "root:x:0:0:root:/root:/bin/sh\n# c\nwww:x:33:34:web:/var/www:/bin/false\n";
+        "root:x:0:0:root:/root:/bin/sh\n# c\n+::::::\nbroken:x:\nwww:x:33:34:web:/var/www:/bin/false\n";
     const GROUP: &str = "root:x:0:\nwww:x:34:\nstaff:x:50:www,other\nweb:x:70:\n";
 
     fn r(user: &str) -> Result<ResolvedUser, ImageError> {
