@@ -16,19 +16,25 @@ const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 /// Blocks the termination signals in the calling thread (and so in every
 /// thread it spawns afterwards).
 pub fn block_termination_signals() -> io::Result<TerminationSignals> {
+    block(&SIGNALS).map(TerminationSignals)
+}
+
+/// Blocks `signals` in the calling thread (and the threads it spawns
+/// afterwards); returns their set, to be waited on with `sigwait`.
+pub fn block(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
     // SAFETY: the sigset is initialised by sigemptyset before use and only
     // passed to the libc functions that manage it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in SIGNALS {
+        for &sig in signals {
             libc::sigaddset(&mut set, sig);
         }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
-        Ok(TerminationSignals(set))
+        Ok(set)
     }
 }
 

@@ -15,28 +15,7 @@ pub struct WindowChanges(libc::sigset_t);
 /// (its default action is to be ignored, so blocking it changes nothing
 /// when no one waits for it).
 pub fn block_window_changes() -> io::Result<WindowChanges> {
-    // SAFETY: the sigset is initialised by sigemptyset before use and only
-    // passed to the libc functions that manage it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGWINCH);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-    }
-    Ok(WindowChanges(sigwinch_set()))
-}
-
-fn sigwinch_set() -> libc::sigset_t {
-    // SAFETY: as above: initialised by sigemptyset, then filled.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGWINCH);
-        set
-    }
+    crate::signals::block(&[libc::SIGWINCH]).map(WindowChanges)
 }
 
 /// Sends one message on `tx` per window change, from the `corral-winch`
