@@ -70,10 +70,10 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 /// The file in the share that L1's init touches (`corral.l1.heartbeat=`).
 const HEARTBEAT_FILE: &str = ".l1-heartbeat";
 
-/// When L1 dumps its tasks (init.sh's watchdog): 30 s before the host
+/// When L1 dumps its tasks (init.sh's watchdog): `window` before the host
 /// kills it, so the console of a run that timed out says where it hung.
-fn watchdog_secs(timeout: Duration) -> u64 {
-    timeout.as_secs().saturating_sub(30).max(5)
+fn watchdog_secs(timeout: Duration, window: Duration) -> u64 {
+    timeout.as_secs().saturating_sub(window.as_secs()).max(5)
 }
 
 /// What to run in L1 and with what.
@@ -93,6 +93,9 @@ pub struct Lane {
     pub heartbeat: Duration,
     /// See [`Lane::heartbeat`].
     pub stall: Duration,
+    /// How long before the timeout L1 dumps its tasks' stacks (the dump
+    /// itself is slow when several emulated L1s share the host's cores).
+    pub dump_window: Duration,
 }
 
 /// A finished L1 run.
@@ -115,6 +118,7 @@ impl Lane {
             timeout: Duration::from_secs(600),
             heartbeat: Duration::from_secs(10),
             stall: Duration::from_secs(120),
+            dump_window: Duration::from_secs(30),
         }
     }
 
@@ -167,7 +171,7 @@ impl Lane {
                  corral.l1.watchdog={} corral.l1.heartbeat={}",
                 script_path.display(),
                 share.display(),
-                watchdog_secs(self.timeout),
+                watchdog_secs(self.timeout, self.dump_window),
                 self.heartbeat.as_secs().max(1)
             ))
             .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"])
