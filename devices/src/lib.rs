@@ -17,5 +17,6 @@ pub mod boot_timer;
 pub mod bus;
 pub mod legacy;
 pub mod power;
+pub mod ratelimit;
 pub mod trigger;
 pub mod virtio;

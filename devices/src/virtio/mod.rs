@@ -209,16 +209,41 @@ pub(crate) fn complete_chains<F>(
 where
     F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 {
+    complete_chains_while(queue, mem, |_| true, &mut (), |_, chain| handle(chain))
+}
+
+/// [`complete_chains`], asking `go_on(state)` before each chain: when it
+/// says no, the remaining chains stay available and notifications stay
+/// off (the caller comes back when it can take more). `state` is lent to
+/// both closures in turn.
+pub(crate) fn complete_chains_while<S, G, F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut go_on: G,
+    state: &mut S,
+    mut handle: F,
+) -> Result<bool, virtio_queue::Error>
+where
+    S: ?Sized,
+    G: FnMut(&S) -> bool,
+    F: FnMut(&mut S, DescriptorChain<&GuestMemoryMmap>) -> u32,
+{
     let mut used_any = false;
     // Each round drains what is available; a driver adding buffers as fast
     // as we complete them cannot keep us here for ever.
-    for _ in 0..MAX_ROUNDS {
+    'rounds: for _ in 0..MAX_ROUNDS {
         queue.disable_notification(mem)?;
         // Fails on a corrupt available index, which pop would only skip.
         let _check = queue.iter(mem)?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            if !go_on(state) {
+                break 'rounds;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
-            let len = handle(chain);
+            let len = handle(state, chain);
             queue.add_used(mem, head, len)?;
             used_any = true;
         }

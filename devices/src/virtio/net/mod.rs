@@ -7,6 +7,12 @@
 //! NIC with a full ring would) and resumes when the guest adds buffers. A
 //! frame the guest could have received is never read and thrown away.
 //!
+//! A back end that ends (a read of 0 bytes) or fails for good (a tap whose
+//! interface was deleted reads EBADFD and polls as an error for ever) is
+//! given up: it is no longer watched or read, the guest's frames are
+//! dropped and counted, and the VM goes on. Each RX pass reads at most
+//! [`RX_BUDGET`] frames, so a flood of runts cannot hold the worker.
+//!
 //! - this file: configuration, the device, RX and TX (no threads or KVM:
 //!   the back end is any datagram fd, so tests use a socketpair);
 //! - `tap`: opening the tap; `event_handler`: the worker-thread side.
@@ -27,6 +33,7 @@ use super::{
     read_config_bytes, ActivateError, Activation, GuestMemoryMmap, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::ratelimit::warn_limited;
 pub use event_handler::NetHandler;
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
@@ -40,6 +47,8 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const MAX_FRAME: usize = VNET_HDR_LEN + 65535;
 const RX: usize = 0;
 const TX: usize = 1;
+/// Back-end reads per RX pass.
+pub const RX_BUDGET: usize = 256;
 
 /// A network interface to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +93,10 @@ pub struct NetStats {
     pub rx_too_big: u64,
     /// Guest frames dropped: malformed chains or back-end errors.
     pub tx_dropped: u64,
+    /// Frames from the back end too short to carry anything.
+    pub rx_runts: u64,
+    /// Whether the back end was given up (end of stream or a hard error).
+    pub backend_failed: bool,
 }
 
 /// The virtio-net device.
@@ -151,9 +164,13 @@ impl Net {
     }
 
     /// Moves frames from the back end to the guest while the guest has RX
-    /// buffers. Returns false when it stopped for lack of buffers (the
-    /// caller stops watching the back end until the RX queue is notified).
+    /// buffers. Returns false when the back end should not be watched: the
+    /// guest has no buffers (until the RX queue is notified) or the back
+    /// end was given up (for good).
     pub(crate) fn process_rx(&mut self) -> bool {
+        if self.stats.backend_failed {
+            return false;
+        }
         let Some(active) = self.lifecycle.active.as_mut() else {
             return true;
         };
@@ -161,15 +178,31 @@ impl Net {
         let rx = &mut active.queues[RX];
         let mut delivered = false;
         let mut keep_reading = true;
+        let mut budget = RX_BUDGET;
         loop {
             if self.rx_len == 0 {
+                if budget == 0 {
+                    break; // level-triggered: the worker comes back
+                }
+                budget -= 1;
                 match self.backend.read(&mut self.rx_frame) {
                     Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
-                    Ok(_) => continue, // runt: nothing to deliver
+                    Ok(0) => {
+                        warn!("virtio-net: the back end ended; the guest's network stops");
+                        self.stats.backend_failed = true;
+                        keep_reading = false;
+                        break;
+                    }
+                    Ok(_) => {
+                        self.stats.rx_runts += 1;
+                        continue;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        warn!("virtio-net: reading the back end failed: {e}");
+                        warn!("virtio-net: reading the back end failed ({e}); the guest's network stops");
+                        self.stats.backend_failed = true;
+                        keep_reading = false;
                         break;
                     }
                 }
@@ -192,6 +225,9 @@ impl Net {
             };
             let head = chain.head_index();
             let frame = &mut self.rx_frame[..self.rx_len];
+            // No offloads were negotiated: whatever the tap said in its
+            // header (checksum or GSO flags) is not the guest's to see.
+            frame[..10].fill(0);
             // num_buffers = 1: no mergeable buffers.
             frame[10..12].copy_from_slice(&1u16.to_le_bytes());
             let used = match write_to_chain(mem, chain, frame) {
@@ -232,6 +268,10 @@ impl Net {
                     // No offloads were negotiated: send a plain header.
                     frame[..10].fill(0);
                     // A datagram fd takes a frame whole or not at all.
+                    if stats.backend_failed {
+                        stats.tx_dropped += 1;
+                        return 0;
+                    }
                     match backend.write(&frame[..len]) {
                         Ok(n) if n == len => {
                             stats.tx_frames += 1;
@@ -241,8 +281,12 @@ impl Net {
                             debug!("virtio-net: back end took {n} of {len} bytes");
                             stats.tx_dropped += 1;
                         }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            debug!("virtio-net: back end full, frame dropped");
+                            stats.tx_dropped += 1;
+                        }
                         Err(e) => {
-                            debug!("virtio-net: back end refused a frame: {e}");
+                            warn_limited!("virtio-net: back end refused a frame: {e}");
                             stats.tx_dropped += 1;
                         }
                     }

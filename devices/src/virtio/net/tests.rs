@@ -162,3 +162,72 @@ fn derived_macs_are_local_unicast_and_stable() {
     assert_ne!(a, derived_mac("tap1"));
     assert_eq!(a[0] & 0x3, 0x2);
 }
+
+#[test]
+fn a_back_end_at_end_of_stream_is_given_up_not_spun_on() {
+    let m = mem();
+    let r = rig(&m);
+    drop(r);
+    // A seqpacket pair (frames kept whole, like a datagram pair) whose peer
+    // is gone reads 0 for ever.
+    let mut fds = [0; 2];
+    let flags = libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socketpair writes two fds into the array we own.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, flags, 0, fds.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    // SAFETY: both fds are fresh and owned by nobody else.
+    let (dev_end, host) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    drop(host);
+    let mut net = Net::new(Box::new(dev_end), [2, 0, 0, 0, 0, 1]).unwrap();
+    let q = MockSplitQueue::create(&m, GuestAddress(0x1_0000), 16);
+    let q2 = MockSplitQueue::create(&m, GuestAddress(0x2_0000), 16);
+    net.activate(Activation {
+        mem: m.clone(),
+        queues: vec![q.create_queue().unwrap(), q2.create_queue().unwrap()],
+        queue_events: vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()],
+        interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+        acked_features: VIRTIO_F_VERSION_1,
+    })
+    .unwrap();
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let keep = net.process_rx();
+        let _ = done.send((keep, net));
+    });
+    let (keep, mut net) = wait
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("process_rx spun on a back end at end of stream");
+    assert!(!keep, "the back end is still watched");
+    assert!(net.stats().backend_failed);
+    assert!(!net.process_rx(), "given up for good");
+}
+
+#[test]
+fn runts_are_bounded_per_pass() {
+    let m = mem();
+    let mut r = rig(&m);
+    for _ in 0..(RX_BUDGET + 10) {
+        r.host.write_all(&[1u8; 4]).unwrap();
+    }
+    assert!(r.net.process_rx(), "runts are no reason to stop watching");
+    assert_eq!(r.net.stats().rx_runts, RX_BUDGET as u64);
+    r.net.process_rx();
+    assert_eq!(r.net.stats().rx_runts, RX_BUDGET as u64 + 10);
+}
+
+#[test]
+fn the_guest_never_sees_the_taps_header_flags() {
+    let m = mem();
+    let mut r = rig(&m);
+    // A tap header claiming a validated checksum and TCPv4 GSO.
+    let mut f = vec![0xffu8; VNET_HDR_LEN];
+    f.extend_from_slice(b"payload");
+    r.host.write_all(&f).unwrap();
+    r.rxq
+        .add_desc_chains(&[desc(0x10_0000, 2048, F_WRITE)], 0)
+        .unwrap();
+    r.net.process_rx();
+    let mut hdr = [0xeeu8; VNET_HDR_LEN];
+    m.read_slice(&mut hdr, GuestAddress(0x10_0000)).unwrap();
+    assert_eq!(hdr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+}

@@ -60,6 +60,8 @@ pub struct Connection {
     pub(super) credit_requested: bool,
     /// The epoll interest currently registered (IN = 1, OUT = 2).
     pub(super) registered: u8,
+    /// While the guest has not answered a host connection: when to give up.
+    pub(super) deadline: Option<std::time::Instant>,
 }
 
 impl Connection {
@@ -81,6 +83,7 @@ impl Connection {
             guest_done_receiving: false,
             credit_requested: false,
             registered: 0,
+            deadline: None,
         }
     }
 

@@ -10,8 +10,11 @@
 //! - `event_handler`: the worker-thread side.
 
 mod connection;
+mod control;
 mod event_handler;
 pub mod muxer;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::path::PathBuf;
@@ -23,12 +26,14 @@ use virtio_vsock::packet::VsockPacket;
 
 use super::Lifecycle;
 use super::{
-    complete_chains, read_config_bytes, ActivateError, Activation, VirtioDevice,
+    complete_chains_while, read_config_bytes, ActivateError, Activation, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::ratelimit::warn_limited;
 pub use connection::TX_BUF_SIZE;
+pub use control::TX_STOP;
 pub use event_handler::VsockHandler;
-pub use muxer::{Muxer, VsockStats};
+pub use muxer::{Filled, Muxer, VsockStats};
 
 /// virtio device ID of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -40,6 +45,8 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
 const RX: usize = 0;
 const TX: usize = 1;
+/// TX/RX rounds per wake-up in [`Vsock::process_queues`].
+const MAX_PUMP_ROUNDS: usize = 64;
 
 /// A vsock device to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,26 +109,53 @@ impl Vsock {
         &mut self.muxer
     }
 
-    /// Hands every packet the guest queued on TX to the muxer.
-    pub(crate) fn process_tx(&mut self) {
+    /// Hands the packets the guest queued on TX to the muxer, pausing while
+    /// the muxer owes the guest too many control packets (see `control`).
+    /// Returns whether TX paused with packets possibly left in the ring.
+    pub(crate) fn process_tx(&mut self) -> bool {
         let Some(active) = self.lifecycle.active.as_mut() else {
-            return;
+            return false;
         };
         let muxer = &mut self.muxer;
         let mem = &active.mem;
-        let result = complete_chains(&mut active.queues[TX], mem, |mut chain| {
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => muxer.recv_from_guest(&pkt),
-                Err(e) => debug!("vsock: malformed TX chain dropped: {e:?}"),
-            }
-            0
-        });
+        let mut paused = false;
+        let result = complete_chains_while(
+            &mut active.queues[TX],
+            mem,
+            |m| {
+                paused = m.tx_blocked();
+                !paused
+            },
+            muxer,
+            |muxer, mut chain| {
+                match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                    Ok(pkt) => muxer.recv_from_guest(&pkt),
+                    Err(e) => debug!("vsock: malformed TX chain dropped: {e:?}"),
+                }
+                0
+            },
+        );
         match result {
             Ok(true) => active.interrupt.signal_used_queue(),
             Ok(false) => {}
             Err(e) => {
                 warn!("vsock: TX queue unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
+                return false;
+            }
+        }
+        paused
+    }
+
+    /// TX then RX until TX is no longer paused by a control backlog that RX
+    /// buffers can drain (bounded: a guest refilling both rings from a vCPU
+    /// cannot keep the worker here).
+    pub(crate) fn process_queues(&mut self) {
+        for _ in 0..MAX_PUMP_ROUNDS {
+            let paused = self.process_tx();
+            self.process_rx();
+            if !paused || self.muxer.tx_blocked() {
+                break;
             }
         }
     }
@@ -149,8 +183,12 @@ impl Vsock {
             let head = chain.head_index();
             let used = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut pkt) => match self.muxer.fill_rx(&mut pkt) {
-                    Some(len) => len,
-                    None => {
+                    Filled::Packet(len) => len,
+                    Filled::NoRoom => {
+                        warn_limited!("vsock: RX buffer without room for data returned empty");
+                        0
+                    }
+                    Filled::Nothing => {
                         // Nothing after all: give the buffer back.
                         rx.go_to_previous_position();
                         break;

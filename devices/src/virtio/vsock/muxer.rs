@@ -17,13 +17,16 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::{ReadVolatile, VolatileMemoryError};
 
 use super::connection::{ConnState, Connection, TX_BUF_SIZE};
+use super::control::{ConnKey, ControlQueue};
 use super::HOST_CID;
+use crate::ratelimit::warn_limited;
 
 /// Packet type of stream sockets.
 pub const TYPE_STREAM: u16 = 1;
@@ -54,6 +57,13 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const MAX_CONNECT_LINE: usize = 32;
 /// epoll tokens below this belong to the worker.
 pub const FIRST_DYNAMIC_TOKEN: u32 = 16;
+/// How long a host connection may take to send its `CONNECT` line.
+pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the guest may take to accept or refuse a host connection.
+/// Firecracker allows 2 s; ours is longer because the nested test lane runs
+/// guests under instruction emulation, where a busy guest kernel can take
+/// seconds to answer. A guest that never answers costs one fd for this long.
+pub const GUEST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Interest bits.
 pub const WANT_IN: u8 = 1;
@@ -73,20 +83,24 @@ pub struct Interest {
     pub new: u8,
 }
 
-/// (host port, guest port).
-type ConnKey = (u32, u32);
-
-/// A control packet waiting for an RX buffer.
-#[derive(Debug, Clone, Copy)]
-struct Control {
-    key: ConnKey,
-    op: u16,
-    flags: u32,
-}
-
 struct PendingConnect {
     stream: UnixStream,
     line: Vec<u8>,
+    /// When it is closed if the line has not arrived.
+    deadline: Instant,
+}
+
+/// What [`Muxer::fill_rx`] did with an RX buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// A packet of this many bytes (header and data) was written.
+    Packet(u32),
+    /// Nothing to send: give the buffer back.
+    Nothing,
+    /// Only data is waiting and the buffer has no room for any: the buffer
+    /// is useless (a well-behaved driver never posts one) and is returned
+    /// to the guest empty rather than tried again for ever.
+    NoRoom,
 }
 
 /// Counters.
@@ -98,6 +112,13 @@ pub struct VsockStats {
     pub resets_sent: u64,
     /// Malformed or unexpected packets from the guest.
     pub bad_packets: u64,
+    /// RX buffers returned empty: no room for data.
+    pub rx_no_room: u64,
+    /// Control packets not queued because an equal one was already queued.
+    pub control_coalesced: u64,
+    /// Host connections closed because the `CONNECT` line or the guest's
+    /// answer did not come in time.
+    pub timeouts: u64,
 }
 
 /// The connection multiplexer.
@@ -108,7 +129,7 @@ pub struct Muxer {
     conns: HashMap<ConnKey, Connection>,
     by_token: HashMap<u32, ConnKey>,
     pending: HashMap<u32, PendingConnect>,
-    control: VecDeque<Control>,
+    control: ControlQueue,
     /// Connections that may have data for the guest, in turn order.
     ready: VecDeque<ConnKey>,
     next_token: u32,
@@ -139,7 +160,7 @@ impl Muxer {
             conns: HashMap::new(),
             by_token: HashMap::new(),
             pending: HashMap::new(),
-            control: VecDeque::new(),
+            control: ControlQueue::default(),
             ready: VecDeque::new(),
             next_token: FIRST_DYNAMIC_TOKEN,
             next_local_port: FIRST_LOCAL_PORT,
@@ -156,7 +177,21 @@ impl Muxer {
 
     /// Counters.
     pub fn stats(&self) -> VsockStats {
-        self.stats
+        VsockStats {
+            control_coalesced: self.control.coalesced(),
+            ..self.stats
+        }
+    }
+
+    /// Control packets waiting for RX buffers.
+    pub fn control_backlog(&self) -> usize {
+        self.control.len()
+    }
+
+    /// Whether the guest's TX packets should wait: too many control packets
+    /// are owed to a guest that posts no RX buffers.
+    pub fn tx_blocked(&self) -> bool {
+        self.control.is_full()
     }
 
     /// Open connections.
@@ -236,15 +271,11 @@ impl Muxer {
     fn reset(&mut self, key: ConnKey) {
         self.remove(key);
         self.stats.resets_sent += 1;
-        self.control.push_back(Control {
-            key,
-            op: OP_RST,
-            flags: 0,
-        });
+        self.control.push(key, OP_RST, 0);
     }
 
     fn push_control(&mut self, key: ConnKey, op: u16, flags: u32) {
-        self.control.push_back(Control { key, op, flags });
+        self.control.push(key, op, flags);
     }
 
     /// Handles one packet the guest sent.
@@ -326,6 +357,7 @@ impl Muxer {
             return;
         }
         c.state = ConnState::Established;
+        c.deadline = None;
         // The host waits for this line before it writes, so its socket
         // buffer is empty and takes the few bytes at once.
         let ack = format!("OK {}\n", key.0);
@@ -362,7 +394,7 @@ impl Muxer {
                 }
             }
             Ok(false) => {
-                warn!(
+                warn_limited!(
                     "vsock: guest port {} sent beyond its credit; resetting",
                     key.1
                 );
@@ -436,6 +468,7 @@ impl Muxer {
                         PendingConnect {
                             stream,
                             line: Vec::new(),
+                            deadline: Instant::now() + CONNECT_LINE_TIMEOUT,
                         },
                     );
                 }
@@ -536,6 +569,7 @@ impl Muxer {
         let key = (local_port, guest_port);
         let mut c = Connection::new(p.stream, token, ConnState::AwaitingGuest);
         c.prefix = p.line[nl + 1..].to_vec();
+        c.deadline = Some(Instant::now() + GUEST_RESPONSE_TIMEOUT);
         self.by_token.insert(token, key);
         self.conns.insert(key, c);
         self.push_control(key, OP_REQUEST, 0);
@@ -559,10 +593,10 @@ impl Muxer {
         !self.control.is_empty() || !self.ready.is_empty()
     }
 
-    /// Fills an RX packet for the guest; returns the bytes written (header
-    /// and data), or None if there was nothing to send after all.
-    pub fn fill_rx(&mut self, pkt: &mut VsockPacket<'_, ()>) -> Option<u32> {
-        while let Some(ctl) = self.control.pop_front() {
+    /// Fills an RX packet for the guest: control packets first, then data
+    /// of the connections that have some, in turn.
+    pub fn fill_rx(&mut self, pkt: &mut VsockPacket<'_, ()>) -> Filled {
+        while let Some(ctl) = self.control.pop() {
             let (fwd_cnt, known) = match self.conns.get_mut(&ctl.key) {
                 Some(c) => {
                     c.fwd_cnt_sent = c.fwd_cnt;
@@ -573,7 +607,7 @@ impl Muxer {
             if !known && ctl.op != OP_RST {
                 continue;
             }
-            return Some(write_header(
+            return Filled::Packet(write_header(
                 pkt,
                 self.guest_cid,
                 ctl.key,
@@ -583,14 +617,69 @@ impl Muxer {
                 fwd_cnt,
             ));
         }
-        while let Some(key) = self.ready.pop_front() {
-            if let Some(len) = self.fill_data(key, pkt) {
-                self.refresh(key);
-                return Some(len);
-            }
-            self.refresh(key);
+        if self.ready.is_empty() {
+            return Filled::Nothing;
         }
-        None
+        if pkt.data_slice().is_none_or(|d| d.is_empty()) {
+            self.stats.rx_no_room += 1;
+            return Filled::NoRoom;
+        }
+        // Each connection gets one turn: one that stays ready without
+        // delivering (refresh puts it back) must not keep us here.
+        for _ in 0..self.ready.len() {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let filled = self.fill_data(key, pkt);
+            self.refresh(key);
+            if let Some(len) = filled {
+                return Filled::Packet(len);
+            }
+        }
+        Filled::Nothing
+    }
+
+    /// The next moment [`Muxer::expire`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let pending = self.pending.values().map(|p| p.deadline);
+        let awaiting = self.conns.values().filter_map(|c| c.deadline);
+        pending.chain(awaiting).min()
+    }
+
+    /// Closes host connections whose `CONNECT` line or guest answer is
+    /// overdue at `now`; a connection the guest never answered gets a reset,
+    /// so a late answer finds nothing.
+    pub fn expire(&mut self, now: Instant) {
+        let late: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some(p) = self.pending.remove(&token) {
+                debug!("vsock: host connection sent no CONNECT line in time");
+                self.stats.timeouts += 1;
+                self.interest.push(Interest {
+                    fd: p.stream.as_raw_fd(),
+                    token,
+                    old: WANT_IN,
+                    new: 0,
+                });
+                self.closed.push(p.stream);
+            }
+        }
+        let unanswered: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in unanswered {
+            debug!("vsock: guest port {} did not answer in time", key.1);
+            self.stats.timeouts += 1;
+            self.reset(key);
+        }
     }
 
     /// Moves host data of `key` into `pkt`, or a SHUTDOWN at end of stream.
