@@ -262,11 +262,16 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map(|prepared| container::run(&mut pod, prepared, Some(winch), t0));
     if let Some(Err(_)) = &container {
         match pod.wait_timeout(std::time::Duration::ZERO) {
-            // Stopped by a signal, or the guest crashed: that is the reason
-            // to report (130, 4, 5), not the broken agent connection.
-            Some(VmExit::HostShutdown | VmExit::GuestCrash { .. } | VmExit::VcpuFailed { .. }) => {
-                container = None
-            }
+            // Stopped by a signal, the guest crashed or a VMM thread
+            // failed: that is the reason to report (130, 4, 5, 6, 7), not
+            // the broken agent connection.
+            Some(
+                VmExit::HostShutdown
+                | VmExit::GuestCrash { .. }
+                | VmExit::VcpuFailed { .. }
+                | VmExit::WorkerFailed { .. }
+                | VmExit::SeccompViolation { .. },
+            ) => container = None,
             // Powered off or reset on its own: the container's error says
             // what it was waiting for.
             Some(_) => {}
@@ -300,6 +305,8 @@ fn report(exit: &VmExit) -> ExitCode {
         VmExit::Reset => 3,
         VmExit::GuestCrash { .. } => 4,
         VmExit::VcpuFailed { .. } => 5,
+        VmExit::WorkerFailed { .. } => 6,
+        VmExit::SeccompViolation { .. } => 7,
         VmExit::HostShutdown => 130,
     };
     say_err!("corral: {exit}");

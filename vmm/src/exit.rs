@@ -41,6 +41,22 @@ pub enum VmExit {
         /// The error.
         error: String,
     },
+    /// A VMM thread other than a vCPU (a device worker, `vmm-io`) died:
+    /// a bug, found by a guest or not. The VM ends rather than run on with
+    /// a device that no longer answers.
+    WorkerFailed {
+        /// The thread's name.
+        thread: String,
+        /// What happened (the panic message).
+        error: String,
+    },
+    /// A VMM thread made a system call its seccomp filter forbids.
+    SeccompViolation {
+        /// The thread's name.
+        thread: String,
+        /// The system call number (x86-64).
+        syscall: i64,
+    },
 }
 
 impl fmt::Display for VmExit {
@@ -64,6 +80,13 @@ impl fmt::Display for VmExit {
                 Ok(())
             }
             VmExit::VcpuFailed { vcpu, error } => write!(f, "vcpu{vcpu} failed: {error}"),
+            VmExit::WorkerFailed { thread, error } => {
+                write!(f, "VMM thread {thread} failed: {error}")
+            }
+            VmExit::SeccompViolation { thread, syscall } => write!(
+                f,
+                "VMM thread {thread} made system call {syscall}, which its seccomp filter forbids"
+            ),
         }
     }
 }

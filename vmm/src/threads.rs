@@ -3,10 +3,13 @@
 //! spawns goes through [`NamedThread::spawn`], whose first action on the new
 //! thread is to report gettid(2).
 
+use std::any::Any;
 use std::io;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tracing::error;
 
 /// A kernel thread ID.
 pub type Tid = libc::pid_t;
@@ -23,6 +26,9 @@ pub(crate) struct NamedThread {
     handle: Option<JoinHandle<()>>,
     tid: Option<Tid>,
     tid_report: mpsc::Receiver<Tid>,
+    /// Disconnected when the thread's function has returned or unwound.
+    finished: mpsc::Receiver<()>,
+    name: String,
 }
 
 impl NamedThread {
@@ -32,8 +38,11 @@ impl NamedThread {
         F: FnOnce() + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
+        let (alive, finished) = mpsc::channel::<()>();
         let spawned_at = Instant::now();
-        let handle = thread::Builder::new().name(name).spawn(move || {
+        let handle = thread::Builder::new().name(name.clone()).spawn(move || {
+            // Dropped when `f` returns or unwinds: that is the signal.
+            let _alive = alive;
             // If nobody listens any more there is nobody to tell.
             let _ = tx.send(gettid());
             f()
@@ -43,6 +52,8 @@ impl NamedThread {
             handle: Some(handle),
             tid: None,
             tid_report: rx,
+            finished,
+            name,
         })
     }
 
@@ -78,12 +89,69 @@ impl NamedThread {
     pub(crate) fn join(&mut self) -> bool {
         self.handle.take().is_none_or(|h| h.join().is_ok())
     }
+
+    /// Joins the thread if it ends within `timeout`; otherwise logs it by
+    /// name and leaves it running (detached: it owns what it uses, so
+    /// nothing it touches is freed under it). Returns whether it was
+    /// joined without having panicked.
+    pub(crate) fn join_within(&mut self, timeout: Duration) -> bool {
+        if self.handle.is_none() {
+            return true;
+        }
+        match self.finished.recv_timeout(timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                error!(
+                    "thread {} did not stop within {timeout:?}; leaving it behind",
+                    self.name
+                );
+                self.handle = None;
+                false
+            }
+            // Disconnected: its function is done; the join is immediate.
+            _ => {
+                let ok = self.join();
+                if !ok {
+                    error!("thread {} panicked", self.name);
+                }
+                ok
+            }
+        }
+    }
+}
+
+/// The message of a panic payload (`panic!` gives a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_stuck_thread_is_left_behind_after_the_timeout() {
+        let (release, wait) = mpsc::channel::<()>();
+        let mut t = NamedThread::spawn("corral-stuck".into(), move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+        let start = Instant::now();
+        assert!(!t.join_within(Duration::from_millis(100)));
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(t.join_within(Duration::ZERO), "already let go");
+        drop(release);
+        let mut quick = NamedThread::spawn("corral-quick".into(), || {}).unwrap();
+        assert!(quick.join_within(Duration::from_secs(5)));
+        let mut panics = NamedThread::spawn("corral-panics".into(), || panic!("boom")).unwrap();
+        assert!(!panics.join_within(Duration::from_secs(5)));
+    }
 
     #[test]
     fn reports_tid_and_name() {

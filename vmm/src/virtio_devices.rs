@@ -177,6 +177,7 @@ pub(crate) fn attach(
     mmio: &mut Bus,
     config: &VmConfig,
     slots: &[Slot],
+    exit: &Arc<crate::exit::ExitState>,
 ) -> Result<AttachedDevices, DeviceError> {
     let mut workers = Vec::new();
     let mut transports = Vec::new();
@@ -212,12 +213,12 @@ pub(crate) fn attach(
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(transport.clone(), slot.base, VIRTIO_MMIO_SLOT_SIZE)?;
         transports.push((pending.name.clone(), *slot, transport));
-        let worker = IoThread::spawn(&pending.name, vec![pending.handler]).map_err(|source| {
-            DeviceError::Io {
+        let worker = IoThread::spawn(&pending.name, vec![pending.handler], exit.clone()).map_err(
+            |source| DeviceError::Io {
                 what: "worker thread",
                 source,
-            }
-        })?;
+            },
+        )?;
         workers.push(worker);
     }
     Ok(AttachedDevices {

@@ -97,8 +97,8 @@ impl VcpuThreads {
                 // ESRCH (already finished) is fine; anything else we cannot fix.
                 let _ = handle.kill(kick::kick_signal());
             }
-            if !thread.join() {
-                error!("vcpu{index} thread panicked");
+            if !thread.join_within(crate::io_thread::STOP_TIMEOUT) {
+                error!("vcpu{index} thread panicked or did not stop");
             }
         }
     }
@@ -164,7 +164,7 @@ impl Vmm {
             })?;
         let mut platform =
             Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
-        let mut devices = virtio_devices::attach(&vm, &mut platform.mmio, &config, &slots)?;
+        let mut devices = virtio_devices::attach(&vm, &mut platform.mmio, &config, &slots, &exit)?;
         let vcpus = create_vcpus(&vm, config.vcpus, &kernel.protocol)?;
 
         let mut subscribers: Vec<Subscriber> = console_flusher.into_iter().collect();
@@ -178,8 +178,8 @@ impl Vmm {
                     .map_err(VmmError::ConsoleInput)?,
             ));
         }
-        let mut io =
-            IoThread::spawn("vmm-io", subscribers).map_err(|e| VmmError::Thread("vmm-io", e))?;
+        let mut io = IoThread::spawn("vmm-io", subscribers, exit.clone())
+            .map_err(|e| VmmError::Thread("vmm-io", e))?;
 
         let gate = Arc::new(StartGate::new());
         let (pio, mmio) = (Arc::new(platform.pio), Arc::new(platform.mmio));

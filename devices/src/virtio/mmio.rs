@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::ratelimit::warn_limited;
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
@@ -303,7 +304,7 @@ impl MmioTransport {
         let queues = match self.build_queues() {
             Ok(queues) => queues,
             Err(why) => {
-                warn!("virtio-mmio: cannot activate the device: {why}");
+                warn_limited!("virtio-mmio: cannot activate the device: {why}");
                 self.interrupt.signal_needs_reset();
                 return;
             }
@@ -331,7 +332,7 @@ impl MmioTransport {
         match lock(&self.device).activate(activation) {
             Ok(()) => self.activated = true,
             Err(e) => {
-                warn!("virtio-mmio: device activation failed: {e}");
+                warn_limited!("virtio-mmio: device activation failed: {e}");
                 self.interrupt.signal_needs_reset();
             }
         }

@@ -15,7 +15,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-use tracing::warn;
+
+use crate::ratelimit::warn_limited;
 use virtio_queue::Queue;
 
 use super::Lifecycle;
@@ -173,7 +174,7 @@ impl Block {
             Ok(true) => active.interrupt.signal_used_queue(),
             Ok(false) => {}
             Err(e) => {
-                warn!("virtio-blk: queue unusable ({e}); the device needs a reset");
+                warn_limited!("virtio-blk: queue unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
             }
         }

@@ -208,7 +208,7 @@ impl Net {
                 }
             }
             if let Err(e) = rx.iter(mem) {
-                warn!("virtio-net: RX queue unusable ({e}); the device needs a reset");
+                warn_limited!("virtio-net: RX queue unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
                 return false;
             }
@@ -244,7 +244,7 @@ impl Net {
             };
             self.rx_len = 0;
             if let Err(e) = rx.add_used(mem, head, used) {
-                warn!("virtio-net: RX used ring unusable ({e}); the device needs a reset");
+                warn_limited!("virtio-net: RX used ring unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
                 return false;
             }
@@ -302,7 +302,7 @@ impl Net {
             Ok(true) => active.interrupt.signal_used_queue(),
             Ok(false) => {}
             Err(e) => {
-                warn!("virtio-net: TX queue unusable ({e}); the device needs a reset");
+                warn_limited!("virtio-net: TX queue unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
             }
         }

@@ -20,7 +20,7 @@ use std::io;
 use std::path::PathBuf;
 
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 
@@ -139,7 +139,7 @@ impl Vsock {
             Ok(true) => active.interrupt.signal_used_queue(),
             Ok(false) => {}
             Err(e) => {
-                warn!("vsock: TX queue unusable ({e}); the device needs a reset");
+                warn_limited!("vsock: TX queue unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
                 return false;
             }
@@ -170,7 +170,7 @@ impl Vsock {
         let mut delivered = false;
         while self.muxer.has_packets() {
             if let Err(e) = rx.iter(mem) {
-                warn!("vsock: RX queue unusable ({e}); the device needs a reset");
+                warn_limited!("vsock: RX queue unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
                 return;
             }
@@ -200,7 +200,7 @@ impl Vsock {
                 }
             };
             if let Err(e) = rx.add_used(mem, head, used) {
-                warn!("vsock: RX used ring unusable ({e}); the device needs a reset");
+                warn_limited!("vsock: RX used ring unusable ({e}); the device needs a reset");
                 active.interrupt.signal_needs_reset();
                 return;
             }
