@@ -6,6 +6,9 @@ use anyhow::Context;
 use corral_runtime::cgroup::{Blocker, CgroupConfig, CgroupError, Limit, PlacementMode};
 use corral_runtime::pod::PodError;
 
+/// `corral run`'s sandbox cgroups are `corral-<pid>`.
+const SANDBOX_PREFIX: &str = "corral-";
+
 /// The cgroup options of `corral run`.
 #[derive(clap::Args, Debug)]
 pub struct CgroupArgs {
@@ -54,8 +57,10 @@ pub fn config(args: &CgroupArgs) -> anyhow::Result<Option<CgroupConfig>> {
     let Some(parent) = &args.cgroup_parent else {
         return Ok(None);
     };
-    let mut config = CgroupConfig::new(format!("corral-{}", std::process::id()));
+    let mut config = CgroupConfig::new(format!("{SANDBOX_PREFIX}{}", std::process::id()));
     config.parent = parent.clone();
+    // What a killed `corral run` left beneath this parent goes first.
+    config.stale_prefix = Some(SANDBOX_PREFIX.to_string());
     config.mode = match args.cgroup_mode {
         Mode::Split => PlacementMode::Split,
         Mode::SandboxOnly => PlacementMode::SandboxOnly,

@@ -96,6 +96,14 @@ pub fn prepare_vm(
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    // Sockets of killed runs (and their `_<port>` siblings) go first.
+    let swept = corral_runtime::sweep::sweep_sockets(&dir, "corral-", ".vsock");
+    for kept in &swept.kept {
+        tracing::debug!("stale socket sweep: {}", kept.with_causes());
+    }
+    if !swept.removed.is_empty() {
+        tracing::info!("removed stale sockets of killed runs: {:?}", swept.removed);
+    }
     let socket = dir.join(format!("corral-{}.vsock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
     vm.vsock = Some(VsockConfig {

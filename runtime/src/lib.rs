@@ -7,7 +7,8 @@
 //! between `Vmm::create` and `Vmm::start`. See [`cgroup`].
 //!
 //! [`image`] turns an OCI or `docker save` image into the squashfs disk the
-//! guest mounts as its root.
+//! guest mounts as its root. [`sweep`] removes what a killed Corral left
+//! (stale `corral-<pid>` cgroups and sockets).
 
 pub mod agent;
 pub mod cgroup;
@@ -15,3 +16,4 @@ pub mod image;
 pub mod pod;
 #[cfg(feature = "shim")]
 pub mod shim;
+pub mod sweep;

@@ -671,6 +671,12 @@ fn l1_a_killed_shim_leaves_nothing_behind_and_containerd_restarts_reconnect() {
         "{:?}",
         cgroup_dirs_named("k1")
     );
+    // The namespace level of ctr's cgroupsPath (`/corral/k1`), which the
+    // pod made, goes too.
+    assert!(
+        !Path::new("/sys/fs/cgroup/corral").exists(),
+        "the pod's namespace cgroup was left"
+    );
     let sockets_after = std::fs::read_dir("/run/containerd/s")
         .map(|d| d.count())
         .unwrap_or(0);

@@ -200,10 +200,21 @@ impl Hier {
         fsio::create_new_dir(&self.sandbox)?;
         self.own.push(self.sandbox.clone());
         if let Some(overhead) = self.overhead.clone() {
-            if let Some(root) = overhead.parent() {
-                fsio::ensure_dirs(&mount_point, root, &mut self.shared)?;
+            // Twice at most: another start's sweep may remove an emptied
+            // `corral_overhead` between the two steps (then it is ours).
+            for attempt in 0..2 {
+                if let Some(root) = overhead.parent() {
+                    fsio::ensure_dirs(&mount_point, root, &mut self.shared)?;
+                }
+                match fsio::create_new_dir(&overhead) {
+                    Err(CgroupError::CreateDir { source, .. })
+                        if attempt == 0 && source.kind() == std::io::ErrorKind::NotFound => {}
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
             }
-            fsio::create_new_dir(&overhead)?;
             self.own.push(overhead);
         }
         let leaves: Vec<PathBuf> = self.leaves().cloned().collect();

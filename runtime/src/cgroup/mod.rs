@@ -90,7 +90,12 @@
 //! OCI resources in [`sizing`], statistics in [`stats`]. Teardown (explicit
 //! or on drop) moves remaining threads back to the cgroup the process came
 //! from and removes every cgroup the sandbox created, deepest first; a
-//! failed [`Sandbox::create`] leaves nothing behind.
+//! failed [`Sandbox::create`] leaves nothing behind. A process killed
+//! before its teardown leaves its cgroups; with
+//! [`CgroupConfig::stale_prefix`] the next sandbox of that naming removes
+//! them before creating its own ([`crate::sweep`]). [`TeardownHandle`] is
+//! the teardown detached from the sandbox, for a last-resort cleanup from
+//! another thread.
 //!
 //! # Use of cgroups-rs
 //!
@@ -133,6 +138,7 @@ pub use placement::{PlacementReport, SkipReason, SkippedThread, VcpuPlacement};
 pub use sandbox::{DriverInfo, DriverKind, Sandbox, SandboxPaths};
 pub use sizing::{from_resources, Sizing, SizingDefaults};
 pub use stats::{CgroupStats, CpuStatSource};
+pub use teardown::TeardownHandle;
 pub use version::CgroupVersion;
 
 /// Where the process's threads go.
@@ -176,11 +182,19 @@ pub struct CgroupConfig {
     pub disks: Vec<PathBuf>,
     /// Force a cgroup version; `None` detects it.
     pub version: Option<CgroupVersion>,
+    /// Sweep stale siblings first: with `Some(prefix)` (`corral run`:
+    /// `"corral-"`, its sandbox id being `corral-<its pid>`), cgroups named
+    /// `<prefix><pid>` beneath the parent (and beneath `corral_overhead`
+    /// there, on v1) whose process is gone are removed before this
+    /// sandbox's are created ([`crate::sweep`] says when a pid counts as
+    /// gone). `None` (default) sweeps nothing.
+    pub stale_prefix: Option<String>,
 }
 
 impl CgroupConfig {
     /// Defaults for `sandbox_id`: beneath the process's cgroup, Split mode,
-    /// no limits, pinning managed, no device rules, version detected.
+    /// no limits, pinning managed, no device rules, version detected, no
+    /// sweep.
     pub fn new(sandbox_id: impl Into<String>) -> CgroupConfig {
         CgroupConfig {
             parent: String::new(),
@@ -193,6 +207,7 @@ impl CgroupConfig {
             devices: Vec::new(),
             disks: Vec::new(),
             version: None,
+            stale_prefix: None,
         }
     }
 }

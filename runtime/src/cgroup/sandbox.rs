@@ -10,6 +10,7 @@ use super::layout::{Hier, HierarchyPaths, CFS_PERIOD_US};
 use super::path::{self, ParentSpec};
 use super::procfs;
 use super::systemd::{self, Scope};
+use super::teardown;
 use super::unified;
 use super::version::{self, CgroupVersion, Mount};
 use super::{CgroupConfig, PlacementMode};
@@ -249,6 +250,9 @@ impl Sandbox {
             }
         }
 
+        if let Some(prefix) = &config.stale_prefix {
+            teardown::sweep_stale(&sandbox.hiers, prefix);
+        }
         sandbox.build(&limits, quota, memory, &vmm_rules)?;
         tracing::info!(
             sandbox = %config.sandbox_id,

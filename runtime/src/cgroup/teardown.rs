@@ -1,14 +1,19 @@
 //! Tearing a sandbox down: the process back where it came from, every
-//! cgroup the sandbox created removed, the systemd scope stopped.
+//! cgroup the sandbox created removed, the systemd scope stopped; the same
+//! detached from the sandbox ([`TeardownHandle`]); and the sweep of stale
+//! sibling cgroups before a sandbox is created.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use cgroups_rs::CgroupPid;
 
 use super::error::CgroupError;
 use super::fsio::{self, Removal};
 use super::layout::Hier;
+use super::path::OVERHEAD_ROOT;
 use super::sandbox::Sandbox;
+use crate::sweep::{self, SweepReport};
 
 impl Sandbox {
     /// Moves every thread still in the sandbox's cgroups back to the cgroup
@@ -23,36 +28,114 @@ impl Sandbox {
             return Ok(());
         }
         self.closed = true;
-        let mut problems = Vec::new();
-        for hier in &self.hiers {
-            hier.restore_origin(&mut problems);
-        }
-        for hier in self.hiers.iter().chain(&self.restore_only) {
-            drain(hier, &mut problems);
-        }
-        for hier in &self.hiers {
-            remove_created(hier, &mut problems);
-        }
+        let problems = undo(&self.hiers, &self.restore_only);
         if let Some(scope) = &self.scope {
             if let Err(reason) = scope.stop() {
                 tracing::warn!(sandbox = %self.config.sandbox_id, "{reason}");
             }
         }
-        let count = problems.len();
-        let mut problems = problems.into_iter();
-        match problems.next() {
-            None => {
-                self.cleaned = true;
-                tracing::info!(sandbox = %self.config.sandbox_id, "cgroups removed");
-                Ok(())
-            }
-            Some(first) => Err(CgroupError::Teardown {
-                sandbox_id: self.config.sandbox_id.clone(),
-                count,
-                first: Box::new(first),
-            }),
+        summarize(&self.config.sandbox_id, problems)?;
+        self.cleaned = true;
+        Ok(())
+    }
+
+    /// The cgroup part of [`Sandbox::teardown`], detached from the sandbox
+    /// (take it once the threads are placed).
+    pub fn teardown_handle(&self) -> TeardownHandle {
+        TeardownHandle {
+            sandbox_id: self.config.sandbox_id.clone(),
+            hiers: self.hiers.clone(),
+            restore_only: self.restore_only.clone(),
         }
     }
+}
+
+/// What [`Sandbox::teardown`] does to the cgroups, without the sandbox:
+/// for a last-resort cleanup from another thread while the sandbox's owner
+/// may be stuck (`corral run`'s second Ctrl-C). Every step tolerates the
+/// owner doing the same at the same time. It does not stop a systemd
+/// scope: systemd drops a transient scope once it is empty.
+#[derive(Debug, Clone)]
+pub struct TeardownHandle {
+    sandbox_id: String,
+    hiers: Vec<Hier>,
+    restore_only: Vec<Hier>,
+}
+
+impl TeardownHandle {
+    /// Moves every thread back to where the process came from and removes
+    /// the sandbox's cgroups, deepest first; reports problems together.
+    pub fn run(&self) -> Result<(), CgroupError> {
+        summarize(&self.sandbox_id, undo(&self.hiers, &self.restore_only))
+    }
+}
+
+/// Controllers disabled, threads moved back, created cgroups removed.
+fn undo(hiers: &[Hier], restore_only: &[Hier]) -> Vec<CgroupError> {
+    let mut problems = Vec::new();
+    for hier in hiers {
+        hier.restore_origin(&mut problems);
+    }
+    for hier in hiers.iter().chain(restore_only) {
+        drain(hier, &mut problems);
+    }
+    for hier in hiers {
+        remove_created(hier, &mut problems);
+    }
+    problems
+}
+
+fn summarize(sandbox_id: &str, problems: Vec<CgroupError>) -> Result<(), CgroupError> {
+    let count = problems.len();
+    match problems.into_iter().next() {
+        None => {
+            tracing::info!(sandbox = %sandbox_id, "cgroups removed");
+            Ok(())
+        }
+        Some(first) => Err(CgroupError::Teardown {
+            sandbox_id: sandbox_id.to_string(),
+            count,
+            first: Box::new(first),
+        }),
+    }
+}
+
+/// Removes stale `<prefix><pid>` cgroups beneath each hierarchy's parent
+/// and, on v1, beneath its `corral_overhead` (removed too when the sweep
+/// empties it: the killed run made it, and this one makes it again if it
+/// needs it). Never fails: what stays is logged.
+pub(crate) fn sweep_stale(hiers: &[Hier], prefix: &str) {
+    let started = Instant::now();
+    let mut report = SweepReport::default();
+    for hier in hiers {
+        sweep::sweep_cgroups(&hier.parent, prefix, &mut report);
+        if !hier.v2 {
+            let overhead = hier.parent.join(OVERHEAD_ROOT);
+            if sweep::sweep_cgroups(&overhead, prefix, &mut report) > 0
+                && remove_if_empty(&overhead)
+            {
+                report.removed.push(overhead);
+            }
+        }
+    }
+    for kept in &report.kept {
+        tracing::warn!("stale cgroup sweep: {}", kept.with_causes());
+    }
+    tracing::debug!(
+        removed = ?report.removed,
+        "stale cgroup sweep took {} µs",
+        started.elapsed().as_micros()
+    );
+    if !report.removed.is_empty() {
+        tracing::info!(
+            "removed {} stale cgroups of killed runs",
+            report.removed.len()
+        );
+    }
+}
+
+fn remove_if_empty(dir: &Path) -> bool {
+    matches!(fsio::remove_dir(dir, true), Ok(Removal::Removed))
 }
 
 impl Drop for Sandbox {

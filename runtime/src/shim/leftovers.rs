@@ -1,8 +1,10 @@
 //! What a pod's shim leaves on the host, recorded as it is made, so that
 //! containerd's `delete` subcommand (run after every shim disconnect, and
 //! after a `kill -9`) can remove it: the pod directory (disk slots, vsock
-//! socket, console log), the sandbox's cgroups, the shim's ttrpc socket,
-//! and a rootfs mount on a bundle. A delete while the pod's shim is alive
+//! socket, console log), the sandbox's cgroups and the ancestors it made,
+//! the shim's ttrpc socket, and a rootfs mount on a bundle. A tap the pod
+//! opened is not persistent: the kernel removes it with the shim's last
+//! file descriptor. A delete while the pod's shim is alive
 //! removes nothing: the pod is not torn down for a mere container.
 
 use std::path::{Path, PathBuf};
@@ -21,8 +23,12 @@ pub struct Leftovers {
     pub shim_pid: u32,
     /// The pod directory.
     pub dir: Option<PathBuf>,
-    /// Cgroup directories the sandbox created.
+    /// The sandbox's own cgroups (each removed with its sub-cgroups).
     pub cgroups: Vec<PathBuf>,
+    /// Ancestors the sandbox created (a `cgroupsPath`'s namespace level),
+    /// which other pods may share: removed only when empty.
+    #[serde(default)]
+    pub shared_cgroups: Vec<PathBuf>,
     /// The shim's ttrpc socket path.
     pub socket: Option<PathBuf>,
 }
@@ -86,14 +92,16 @@ pub fn cleanup(bundle: &Path) -> Cleanup {
         let _ = std::fs::remove_dir(&rootfs);
     }
     if let Some(r) = record {
-        let mut cgroups = Vec::new();
+        // Deepest first, never one that holds a task.
         for c in &r.cgroups {
-            collect_dirs(c, &mut cgroups);
+            if let Err(e) = crate::sweep::remove_cgroup_tree(c, &mut done.removed) {
+                tracing::debug!("{}", e.with_causes());
+            }
         }
-        // Deepest first; a shared ancestor still in use stays.
-        cgroups.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        cgroups.dedup();
-        for c in cgroups {
+        // A shared ancestor still in use stays.
+        let mut shared = r.shared_cgroups.clone();
+        shared.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for c in shared {
             if std::fs::remove_dir(&c).is_ok() {
                 done.removed.push(c);
             }
@@ -111,22 +119,6 @@ pub fn cleanup(bundle: &Path) -> Cleanup {
     }
     let _ = std::fs::remove_file(bundle.join(POD_POINTER));
     done
-}
-
-/// `dir` and its subdirectories (cgroup directories hold only files the
-/// kernel removes with them).
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_path_buf());
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_dirs(&e.path(), out);
-            }
-        }
-    }
 }
 
 /// Whether `pid` is a running Corral shim.
@@ -158,8 +150,9 @@ mod tests {
     fn a_dead_pods_leftovers_are_removed_once_and_a_live_one_is_kept() {
         let base = std::env::temp_dir().join(format!("corral-leftovers-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
-        let (bundle, pod, cg) = (base.join("bundle"), base.join("pod"), base.join("cg"));
-        for d in [&bundle, &pod, &cg.join("vcpu")] {
+        let (bundle, pod, ns) = (base.join("bundle"), base.join("pod"), base.join("ns"));
+        let (cg, other) = (ns.join("cg"), ns.join("other-pod"));
+        for d in [&bundle, &pod, &cg.join("vcpu"), &other] {
             std::fs::create_dir_all(d).unwrap();
         }
         std::fs::write(pod.join("disk0.img"), b"x").unwrap();
@@ -169,6 +162,7 @@ mod tests {
             shim_pid: 999_999_999,
             dir: Some(pod.clone()),
             cgroups: vec![cg.clone()],
+            shared_cgroups: vec![ns.clone()],
             socket: Some(socket.clone()),
         };
         l.save();
@@ -179,7 +173,10 @@ mod tests {
             !pod.exists() && !cg.exists() && !socket.exists(),
             "{done:?}"
         );
+        // Another pod's cgroup keeps the shared ancestor.
+        assert!(other.exists());
         assert_eq!(cleanup(&bundle), Cleanup::default());
+        std::fs::remove_dir(&other).unwrap();
         // This test process is no shim: but a pid that is one is kept.
         std::fs::create_dir_all(&pod).unwrap();
         l.shim_pid = std::process::id();
