@@ -5,7 +5,8 @@
 //! - `boot/creation_to_boot_timer`: from the start of VM creation to the
 //!   guest's boot-timer write, as the VMM's boot timer records it.
 //! - `boot/create_to_teardown`: create → guest power-off → every thread
-//!   joined and every fd closed (`Vmm` dropped).
+//!   joined and every fd closed (`Vmm` dropped); `…_seccomp_off`: the
+//!   same without seccomp filters (their cost).
 //! - `tables/…`: what the boot tables add to every creation, built in
 //!   memory: the MP table, and the ACPI tables (2 vCPUs, 3 virtio devices),
 //!   the share of `creation_to_boot_timer` that ACPI costs.
@@ -24,6 +25,14 @@ fn boot_config() -> corral_vmm::VmConfig {
     let (mut config, _) = common::guest_config(1, "workload=boot");
     config.memory_mib = 128;
     config.console.output = ConsoleOutput::Discard;
+    config
+}
+
+/// [`boot_config`] with the seccomp filters off: the pair shows what the
+/// filters cost (compiled once per process; installed on every thread).
+fn boot_config_without_seccomp() -> corral_vmm::VmConfig {
+    let mut config = boot_config();
+    config.seccomp = corral_vmm::SeccompPolicy::Off;
     config
 }
 
@@ -46,19 +55,30 @@ fn boot(c: &mut Criterion) {
         })
     });
 
-    group.bench_function("create_to_teardown", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                let mut vmm = Vmm::boot(boot_config()).unwrap();
-                assert_eq!(vmm.wait(), VmExit::PowerOff);
-                drop(vmm);
-                total += start.elapsed();
-            }
-            total
-        })
-    });
+    for (name, config) in [
+        (
+            "create_to_teardown",
+            boot_config as fn() -> corral_vmm::VmConfig,
+        ),
+        (
+            "create_to_teardown_seccomp_off",
+            boot_config_without_seccomp,
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let mut vmm = Vmm::boot(config()).unwrap();
+                    assert_eq!(vmm.wait(), VmExit::PowerOff);
+                    drop(vmm);
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
     group.finish();
 }
 

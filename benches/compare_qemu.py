@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--guest", default=os.path.join(
         ROOT, "test-guest/target/release/corral-test-guest"))
     ap.add_argument("--edge", help="also run this static edge build of corral")
+    ap.add_argument("--seccomp-off", action="store_true",
+                    help="also run corral with --seccomp off (the filters' cost)")
     args = ap.parse_args()
     for path in (args.corral, args.guest) + ((args.edge,) if args.edge else ()):
         if not os.path.exists(path):
@@ -93,6 +95,8 @@ def main():
     vmms = {"corral": corral_cmd(args.corral, args.guest), "qemu": qemu_cmd(args.guest)}
     if args.edge:
         vmms["edge"] = corral_cmd(args.edge, args.guest)
+    if args.seccomp_off:
+        vmms["no-seccomp"] = corral_cmd(args.corral, args.guest) + ["--seccomp", "off"]
     results = {name: [] for name in vmms}
     for name, cmd in vmms.items():  # warm the page cache, untimed
         measure(cmd)
@@ -120,6 +124,10 @@ def main():
         e = med["edge"]
         print(f"{'edge/corr':10} {e[0] / c[0]:16.3f} {e[1] / c[1]:10.3f} {e[2] / c[2]:15.3f}"
               "   (static edge build / dynamic build)")
+    if args.seccomp_off:
+        o = med["no-seccomp"]
+        print(f"{'on/off':10} {c[0] / o[0]:16.3f} {c[1] / o[1]:10.3f} {c[2] / o[2]:15.3f}"
+              "   (seccomp filters on / off)")
     lo = {name: min(r[0] for r in runs) for name, runs in results.items()}
     print("first byte, fastest run: " + ", ".join(f"{n} {v:.2f} ms" for n, v in lo.items()))
 

@@ -55,9 +55,12 @@ def qemu_base(netns=False):
 QEMU_GUEST_ARGS = "uart=none boot_timer=none poweroff=none"
 
 
+CORRAL_EXTRA = []
+
+
 def corral_base(netns=False):
     cmd = ["ip", "netns", "exec", NS] if netns else []
-    return cmd + [CORRAL, "run", "--kernel", GUEST, "--memory", "256"]
+    return cmd + [CORRAL, "run", "--kernel", GUEST, "--memory", "256"] + CORRAL_EXTRA
 
 
 def run_timed(cmd, on_line=None, timeout=600):
@@ -251,7 +254,10 @@ def main():
     ap.add_argument("--frames", type=int, default=200000)
     ap.add_argument("--vsock-mib", type=int, default=64)
     ap.add_argument("--only", choices=["blk", "net", "vsock"])
+    ap.add_argument("--seccomp", choices=["on", "off"], default="on",
+                    help="corral's seccomp filters (run both to see their cost)")
     args = ap.parse_args()
+    CORRAL_EXTRA.extend(["--seccomp", args.seccomp])
     for path in (CORRAL, GUEST, FRAMES):
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: cargo build --release && cargo build --release --example frames")
@@ -260,7 +266,7 @@ def main():
     for name, fn in (("blk", blk), ("net", net), ("vsock", vsock)):
         if args.only in (None, name):
             fn(args, results)
-    print(f"medians of {args.runs} alternating runs (test guest, 1 vCPU)")
+    print(f"medians of {args.runs} alternating runs (test guest, 1 vCPU; corral seccomp {args.seccomp})")
     print(f"{'figure':34} {'unit':>12} {'corral':>12} {'qemu':>12} {'ratio':>7}")
     for (fig, unit), by in results.items():
         c = statistics.median(by["corral"])

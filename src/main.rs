@@ -5,7 +5,8 @@
 //!
 //! Exit status of `corral run`: 0 when the guest powers off; 3 when it asks
 //! for a reset (Corral does not reboot guests); 4 when it crashes; 5 when a
-//! vCPU fails; 130 when stopped by SIGINT/SIGTERM/SIGHUP; 1 when the VM
+//! vCPU fails; 130 when stopped by SIGINT/SIGTERM/SIGHUP (128 + the signal
+//! when a second one ends it without waiting); 1 when the VM
 //! cannot be built; 2 for bad usage. With `--rootfs`, the container's own
 //! exit status. Every failure prints one line on stderr.
 
@@ -29,6 +30,7 @@ macro_rules! phase {
 mod cgroups;
 mod container;
 mod device_args;
+mod filters;
 mod guest;
 mod image;
 mod signals;
@@ -94,6 +96,11 @@ struct RunArgs {
     /// hybrid vsock protocol; guest connections to host port P go to UDS_P).
     #[arg(long, value_name = "CID,UDS_PATH", value_parser = device_args::parse_vsock)]
     vsock: Option<corral_vmm::VsockConfig>,
+    /// Seccomp filters on the VMM's threads: on (a forbidden system call
+    /// ends the VM, exit status 7), log (allowed and logged by the kernel,
+    /// to find what a filter lacks), or off (for debugging).
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: corral_vmm::SeccompPolicy,
     #[command(flatten)]
     cgroups: cgroups::CgroupArgs,
     /// Run a container: its root filesystem image (ext4, squashfs or
@@ -168,6 +175,7 @@ fn init_logging(log: &str) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let t0 = std::time::Instant::now();
+    filters::install_control_plane(args.seccomp)?;
     let in_container = args.rootfs.is_some() || args.image.image.is_some();
     let (kernel, initrd) = guest::choose(args.kernel, args.initrd, in_container)?;
     // The image is converted first, while SIGINT/SIGTERM still end the
@@ -229,6 +237,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         disks: args.disks,
         nets: args.nets,
         vsock: args.vsock,
+        seccomp: args.seccomp,
     };
     let container_prepared = match input {
         Some(mut input) => {
@@ -256,7 +265,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut pod = Pod::create(pod).map_err(|e| cgroups::pod_error(e, &args.cgroups))?;
     phase!(t0, "VM created and placed");
     pod.start();
-    signals::spawn_shutdown_thread(termination, pod.shutdown_handle())?;
+    // What a second signal removes before exiting: taken now, once the
+    // threads are placed.
+    let emergency = signals::Emergency {
+        cgroups: pod.sandbox().map(|s| s.teardown_handle()),
+        sockets: pod.vsock_socket().map(PathBuf::from).into_iter().collect(),
+    };
+    signals::spawn_shutdown_thread(termination, pod.shutdown_handle(), emergency)?;
     let mut container = container_prepared
         .as_ref()
         .map(|prepared| container::run(&mut pod, prepared, Some(winch), t0));

@@ -28,6 +28,7 @@ pub fn spawn_winch_thread(
     std::thread::Builder::new()
         .name("corral-winch".into())
         .spawn(move || {
+            crate::filters::install_signal_thread();
             tracing::debug!(
                 "corral-winch thread has TID {}",
                 corral_vmm::threads::gettid()

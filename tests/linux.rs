@@ -131,6 +131,7 @@ fn linux_boots_under_corral() {
             cid: 3,
             uds_path: dir.join("v.sock"),
         }),
+        seccomp: Default::default(),
     };
     eprintln!(
         "booting {} ({} vCPUs, {MEMORY_MIB} MiB)",

@@ -48,6 +48,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio-vsock device (after the nets).
     pub vsock: Option<VsockConfig>,
+    /// Seccomp filters on the VM's threads (on by default).
+    pub seccomp: crate::seccomp::SeccompPolicy,
 }
 
 impl VmConfig {
@@ -63,6 +65,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            seccomp: crate::seccomp::SeccompPolicy::Enforce,
         }
     }
 

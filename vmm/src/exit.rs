@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,11 @@ pub(crate) struct ExitState {
     reason: Mutex<Option<VmExit>>,
     exiting: AtomicBool,
     event: EventFd,
+    /// A seccomp violation noted by the SIGSYS handler (which cannot take
+    /// the lock): the call (-1: none), the thread's kind code and index.
+    violation: AtomicI64,
+    violation_kind: AtomicU8,
+    violation_index: AtomicU32,
 }
 
 impl ExitState {
@@ -105,7 +110,48 @@ impl ExitState {
             reason: Mutex::new(None),
             exiting: AtomicBool::new(false),
             event: EventFd::new(libc::EFD_CLOEXEC)?,
+            violation: AtomicI64::new(-1),
+            violation_kind: AtomicU8::new(0),
+            violation_index: AtomicU32::new(0),
         })
+    }
+
+    /// Notes that thread (`kind`, `index`) made a forbidden `syscall`.
+    /// Async-signal-safe (atomics and write(2)): the SIGSYS handler calls
+    /// it. The first violation is kept; [`ExitState::reason`] turns it into
+    /// the VM's end unless another reason came first.
+    pub(crate) fn note_seccomp_violation(&self, kind: u8, index: u32, syscall: i64) {
+        if self
+            .violation
+            .compare_exchange(-1, syscall.max(0), Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        self.violation_kind.store(kind, Ordering::SeqCst);
+        self.violation_index.store(index, Ordering::SeqCst);
+        self.exiting.store(true, Ordering::SeqCst);
+        let one = 1u64;
+        // SAFETY: write(2) of 8 bytes from a live u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.event.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Records a violation noted by the handler, if any.
+    fn collect_violation(&self) {
+        let syscall = self.violation.load(Ordering::SeqCst);
+        if syscall >= 0 {
+            let thread = crate::seccomp::describe(
+                self.violation_kind.load(Ordering::SeqCst),
+                self.violation_index.load(Ordering::SeqCst),
+            );
+            self.record(VmExit::SeccompViolation { thread, syscall });
+        }
     }
 
     /// Records `exit` unless an earlier reason was recorded; returns whether
@@ -130,6 +176,7 @@ impl ExitState {
 
     /// The recorded reason, if any.
     pub(crate) fn reason(&self) -> Option<VmExit> {
+        self.collect_violation();
         lock(&self.reason).clone()
     }
 

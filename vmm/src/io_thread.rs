@@ -21,6 +21,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::exit::{ExitState, VmExit};
+use crate::seccomp::ThreadFilter;
 use crate::threads::{panic_message, NamedThread, Tid};
 
 /// How long stopping waits for the thread before leaving it behind.
@@ -63,6 +64,7 @@ impl IoThread {
         name: &str,
         subscribers: Vec<Subscriber>,
         exit: Arc<ExitState>,
+        filter: Option<ThreadFilter>,
     ) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let stopped = Arc::new(AtomicBool::new(false));
@@ -76,7 +78,7 @@ impl IoThread {
             manager.add_subscriber(subscriber);
         }
         let thread_name = name.to_string();
-        let thread = NamedThread::spawn(name.into(), move || {
+        let thread = NamedThread::spawn(name.into(), filter, move || {
             let run = panic::catch_unwind(AssertUnwindSafe(|| {
                 while !stopped.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run() {
@@ -150,6 +152,7 @@ mod tests {
             "vmm-test0",
             vec![Box::new(Bomb(fuse.try_clone().unwrap()))],
             exit.clone(),
+            None,
         )
         .unwrap();
         fuse.write(1).unwrap();

@@ -22,6 +22,7 @@
 //!   irqfds, ioeventfds, worker threads, command-line entries).
 //! - [`exit`]: how a VM ends.
 //! - [`threads`]: named threads with known TIDs.
+//! - [`seccomp`]: a seccomp filter per thread kind.
 
 pub mod config;
 pub mod console;
@@ -31,6 +32,7 @@ pub mod layout;
 pub mod loader;
 pub mod memory;
 mod platform;
+pub mod seccomp;
 pub mod threads;
 pub mod vcpu;
 pub mod virtio_devices;
@@ -44,5 +46,6 @@ pub use config::{
 };
 pub use console::{ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput};
 pub use exit::{ShutdownHandle, VmExit};
+pub use seccomp::SeccompPolicy;
 pub use threads::Tid;
 pub use vmm::{Vmm, VmmError};

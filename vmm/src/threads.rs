@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
+use crate::seccomp::ThreadFilter;
+
 /// A kernel thread ID.
 pub type Tid = libc::pid_t;
 
@@ -25,15 +27,19 @@ pub(crate) struct NamedThread {
     spawned_at: Instant,
     handle: Option<JoinHandle<()>>,
     tid: Option<Tid>,
-    tid_report: mpsc::Receiver<Tid>,
+    tid_report: mpsc::Receiver<Result<Tid, String>>,
     /// Disconnected when the thread's function has returned or unwound.
     finished: mpsc::Receiver<()>,
     name: String,
 }
 
 impl NamedThread {
-    /// Spawns `f` on a thread named `name` (at most 15 bytes, as Linux keeps).
-    pub(crate) fn spawn<F>(name: String, f: F) -> io::Result<Self>
+    /// Spawns `f` on a thread named `name` (at most 15 bytes, as Linux
+    /// keeps), with `filter` installed on the new thread before it reports
+    /// its TID: once [`NamedThread::tid`] has returned, the thread runs
+    /// under its filter. A filter that cannot be installed makes the thread
+    /// end without running `f`, and `tid` fail.
+    pub(crate) fn spawn<F>(name: String, filter: Option<ThreadFilter>, f: F) -> io::Result<Self>
     where
         F: FnOnce() + Send + 'static,
     {
@@ -43,8 +49,17 @@ impl NamedThread {
         let handle = thread::Builder::new().name(name.clone()).spawn(move || {
             // Dropped when `f` returns or unwinds: that is the signal.
             let _alive = alive;
+            // Kept for the thread's life: the SIGSYS handler reaches the
+            // VM's exit state through it.
+            let _filter = match filter.map(|f| f.install().map(|()| f)).transpose() {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
             // If nobody listens any more there is nobody to tell.
-            let _ = tx.send(gettid());
+            let _ = tx.send(Ok(gettid()));
             f()
         })?;
         Ok(Self {
@@ -65,7 +80,8 @@ impl NamedThread {
         let tid = self
             .tid_report
             .recv()
-            .map_err(|_| io::Error::other("thread exited before reporting its TID"))?;
+            .map_err(|_| io::Error::other("thread exited before reporting its TID"))?
+            .map_err(io::Error::other)?;
         self.tid = Some(tid);
         Ok(tid)
     }
@@ -138,7 +154,7 @@ mod tests {
     #[test]
     fn a_stuck_thread_is_left_behind_after_the_timeout() {
         let (release, wait) = mpsc::channel::<()>();
-        let mut t = NamedThread::spawn("corral-stuck".into(), move || {
+        let mut t = NamedThread::spawn("corral-stuck".into(), None, move || {
             let _ = wait.recv();
         })
         .unwrap();
@@ -147,9 +163,10 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(t.join_within(Duration::ZERO), "already let go");
         drop(release);
-        let mut quick = NamedThread::spawn("corral-quick".into(), || {}).unwrap();
+        let mut quick = NamedThread::spawn("corral-quick".into(), None, || {}).unwrap();
         assert!(quick.join_within(Duration::from_secs(5)));
-        let mut panics = NamedThread::spawn("corral-panics".into(), || panic!("boom")).unwrap();
+        let mut panics =
+            NamedThread::spawn("corral-panics".into(), None, || panic!("boom")).unwrap();
         assert!(!panics.join_within(Duration::from_secs(5)));
     }
 
@@ -157,7 +174,7 @@ mod tests {
     fn reports_tid_and_name() {
         let seen = Arc::new(Mutex::new(None));
         let inside = seen.clone();
-        let mut t = NamedThread::spawn("corral-test".into(), move || {
+        let mut t = NamedThread::spawn("corral-test".into(), None, move || {
             let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
             *inside.lock().unwrap() = Some((gettid(), comm.trim().to_string()));
         })

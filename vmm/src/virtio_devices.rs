@@ -24,6 +24,7 @@ use thiserror::Error;
 use crate::config::VmConfig;
 use crate::io_thread::{IoThread, Subscriber};
 use crate::layout::VIRTIO_MMIO_START;
+use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::vm::Vm;
 
 /// IRQs for virtio devices: the I/O APIC pins no legacy device uses here.
@@ -139,6 +140,8 @@ struct Pending {
     device: Arc<Mutex<dyn VirtioDevice>>,
     handler: Subscriber,
     name: String,
+    kind: ThreadKind,
+    index: u32,
 }
 
 /// Opens every configured device's back end (files, taps, sockets).
@@ -150,6 +153,8 @@ fn open_devices(config: &VmConfig) -> Result<Vec<Pending>, DeviceError> {
             handler: Box::new(BlockHandler::new(dev.clone())),
             device: dev,
             name: format!("vmm-blk{i}"),
+            kind: ThreadKind::Block,
+            index: i as u32,
         });
     }
     for (i, net) in config.nets.iter().enumerate() {
@@ -158,6 +163,8 @@ fn open_devices(config: &VmConfig) -> Result<Vec<Pending>, DeviceError> {
             handler: Box::new(NetHandler::new(dev.clone())),
             device: dev,
             name: format!("vmm-net{i}"),
+            kind: ThreadKind::Net,
+            index: i as u32,
         });
     }
     if let Some(vsock) = &config.vsock {
@@ -166,6 +173,8 @@ fn open_devices(config: &VmConfig) -> Result<Vec<Pending>, DeviceError> {
             handler: Box::new(VsockHandler::new(dev.clone())),
             device: dev,
             name: "vmm-vsock0".into(),
+            kind: ThreadKind::Vsock,
+            index: 0,
         });
     }
     Ok(out)
@@ -213,12 +222,21 @@ pub(crate) fn attach(
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(transport.clone(), slot.base, VIRTIO_MMIO_SLOT_SIZE)?;
         transports.push((pending.name.clone(), *slot, transport));
-        let worker = IoThread::spawn(&pending.name, vec![pending.handler], exit.clone()).map_err(
-            |source| DeviceError::Io {
-                what: "worker thread",
-                source,
-            },
-        )?;
+        let worker = IoThread::spawn(
+            &pending.name,
+            vec![pending.handler],
+            exit.clone(),
+            Some(ThreadFilter::for_vm(
+                pending.kind,
+                pending.index,
+                config.seccomp,
+                exit,
+            )),
+        )
+        .map_err(|source| DeviceError::Io {
+            what: "worker thread",
+            source,
+        })?;
         workers.push(worker);
     }
     Ok(AttachedDevices {

@@ -24,6 +24,7 @@ use crate::exit::{ExitState, ShutdownHandle, VmExit};
 use crate::io_thread::{IoThread, Subscriber};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, BootProtocol, KernelLoadError};
 use crate::platform::{Platform, PlatformError};
+use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::threads::{NamedThread, Tid};
 use crate::vcpu::run::{vcpu_thread, VcpuContext};
 use crate::vcpu::{create_vcpus, kick, StartGate, VcpuError};
@@ -178,7 +179,8 @@ impl Vmm {
                     .map_err(VmmError::ConsoleInput)?,
             ));
         }
-        let mut io = IoThread::spawn("vmm-io", subscribers, exit.clone())
+        let io_filter = ThreadFilter::for_vm(ThreadKind::VmmIo, 0, config.seccomp, &exit);
+        let mut io = IoThread::spawn("vmm-io", subscribers, exit.clone(), Some(io_filter))
             .map_err(|e| VmmError::Thread("vmm-io", e))?;
 
         let gate = Arc::new(StartGate::new());
@@ -200,7 +202,8 @@ impl Vmm {
             };
             threads.cpu_time_ns.push(ctx.cpu_time_ns.clone());
             let name = format!("vcpu{}", vcpu.index);
-            let thread = NamedThread::spawn(name, move || vcpu_thread(vcpu, ctx))
+            let filter = ThreadFilter::for_vm(ThreadKind::Vcpu, vcpu.index, config.seccomp, &exit);
+            let thread = NamedThread::spawn(name, Some(filter), move || vcpu_thread(vcpu, ctx))
                 .map_err(|e| VmmError::Thread("vCPU", e))?;
             threads.threads.push(thread);
         }

@@ -5,6 +5,21 @@
 //! DEVICE_NEEDS_RESET. Bounded by a chain count (and a time cap) so CI runs
 //! them on every test run; each prints how many chains it ran.
 //!
+//! Every device call runs under a watchdog: a call that has not returned
+//! after [`CALL_DEADLINE`] prints the device, seed and chain count and
+//! aborts the test binary, so a hang (a device looping on a hostile chain)
+//! fails loudly instead of stalling CI.
+//!
+//! vsock is driven with its host side live, so the stateful paths are
+//! reached: listeners on the host ports the guest connects to, host
+//! programs that connect in (`CONNECT` lines, some never finished), data
+//! flowing both ways under random credit, sockets reported ready as the
+//! worker's epoll would, and connection deadlines expiring.
+//!
+//! Long run (≥ 10 million chains in all):
+//! `CORRAL_HOSTILE_CHAINS=3400000 cargo test --release -p corral-devices --lib hostile -- --nocapture`
+//! sets the chains per device and lifts the time cap.
+//!
 //! Random inputs cover: addresses inside, at the edge of and outside guest
 //! memory; lengths 0, small, huge; NEXT/WRITE/INDIRECT flags at random;
 //! `next` indexes out of range and in loops; avail-ring heads out of range;
@@ -18,8 +33,11 @@
 //! but it would let our avail-ring scribbles land in the used ring).
 
 use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
@@ -34,9 +52,83 @@ use crate::bus::BusDevice;
 
 const MEM: u64 = 0x40_0000;
 const QSIZE: u16 = 16;
-/// Chains per device per run, and the wall-clock cap.
+/// Chains per device per run, and the wall-clock cap (both lifted by
+/// `CORRAL_HOSTILE_CHAINS`).
 const CHAINS: u64 = 200_000;
 const CAP: Duration = Duration::from_secs(30);
+/// Longest a single device call may take.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+fn budget() -> (u64, Duration) {
+    match std::env::var("CORRAL_HOSTILE_CHAINS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => (n, Duration::MAX),
+        None => (CHAINS, CAP),
+    }
+}
+
+/// One watchdog thread for the whole binary; each test thread registers
+/// its calls in a slot: (start in ms since the epoch + 1, or 0 when idle).
+struct Watch {
+    slot: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+/// Watched calls: what each is, and its slot.
+type Slots = std::sync::Mutex<Vec<(String, Arc<AtomicU64>)>>;
+
+fn watchdog_slots() -> &'static Slots {
+    static SLOTS: OnceLock<Slots> = OnceLock::new();
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    let slots = SLOTS.get_or_init(Default::default);
+    STARTED.call_once(|| {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = epoch().elapsed().as_millis() as u64 + 1;
+            let slots = watchdog_slots().lock().unwrap_or_else(|e| e.into_inner());
+            for (what, slot) in slots.iter() {
+                let started = slot.load(Ordering::SeqCst);
+                if started != 0 && now.saturating_sub(started) > CALL_DEADLINE.as_millis() as u64 {
+                    eprintln!("HANG: {what}: one device call has run for over {CALL_DEADLINE:?}");
+                    std::process::abort();
+                }
+            }
+        });
+    });
+    slots
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Watch {
+    fn new(what: String) -> Self {
+        let slot = Arc::new(AtomicU64::new(0));
+        watchdog_slots()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((what, slot.clone()));
+        Self {
+            slot,
+            epoch: epoch(),
+        }
+    }
+
+    /// Runs `f` as one watched call.
+    fn call<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.slot.store(
+            self.epoch.elapsed().as_millis() as u64 + 1,
+            Ordering::SeqCst,
+        );
+        let out = f();
+        self.slot.store(0, Ordering::SeqCst);
+        out
+    }
+}
 
 struct Rng(u64);
 impl Rng {
@@ -252,7 +344,9 @@ fn drive(
     let mut resets = 0u64;
     let started = Instant::now();
     let mut factory = make();
-    while chains < CHAINS && started.elapsed() < CAP {
+    let (limit, cap) = budget();
+    let watch = Watch::new(format!("{name} (seed {seed:#x})"));
+    while chains < limit && started.elapsed() < cap {
         let vqs: Vec<_> = (0..queue_count)
             .map(|i| Rings::at(0x1_0000 * (i as u64 + 1)))
             .collect();
@@ -265,13 +359,13 @@ fn drive(
             let q = rng.below(queue_count as u64) as usize;
             chains += scribble(&m, &vqs[q], &mut rng, &mut avail[q]);
             payloads(&m, &vqs[q], &mut rng, header);
-            process();
+            watch.call(&mut process);
             if irq.needs_reset() {
                 resets += 1;
                 break;
             }
         }
-        let returned = reset();
+        let returned = watch.call(&mut reset);
         if let Some(qs) = returned {
             for (i, q) in qs.iter().enumerate() {
                 assert!(
@@ -351,6 +445,137 @@ fn net_survives_hostile_chains() {
     assert!(n > 1000);
 }
 
+/// The host side of a vsock device under test, driven as the worker and
+/// host programs would: see the module documentation.
+struct VsockHost {
+    rng: Rng,
+    uds: std::path::PathBuf,
+    listeners: Vec<UnixListener>,
+    streams: Vec<UnixStream>,
+    /// Registered tokens and their interest, as the worker's epoll holds.
+    watched: std::collections::HashMap<u32, u8>,
+    stats: Rc<RefCell<VsockReach>>,
+}
+
+/// What the stateful vsock run reached.
+#[derive(Default, Debug, Clone, Copy)]
+struct VsockReach {
+    guest_connections_accepted: u64,
+    host_connections_opened: u64,
+    bytes_to_guest_written: u64,
+    bytes_from_guest_read: u64,
+    expiries: u64,
+}
+
+/// Guest ports of the vsock run; host ports the guest connects to.
+const GUEST_PORTS: u32 = 5000;
+const HOST_PORTS: u32 = 1000;
+
+impl VsockHost {
+    fn new(uds: &std::path::Path, seed: u64, stats: Rc<RefCell<VsockReach>>) -> Self {
+        let listeners = (0..4)
+            .map(|i| {
+                let path = format!("{}_{}", uds.display(), HOST_PORTS + i);
+                let _ = std::fs::remove_file(&path);
+                let l = UnixListener::bind(&path).unwrap();
+                l.set_nonblocking(true).unwrap();
+                l
+            })
+            .collect();
+        Self {
+            rng: Rng(seed),
+            uds: uds.to_path_buf(),
+            listeners,
+            streams: Vec::new(),
+            watched: Default::default(),
+            stats,
+        }
+    }
+
+    fn apply(&mut self, mux: &mut super::vsock::Muxer) {
+        apply_interest(&mut self.watched, mux);
+    }
+
+    /// One round of host activity around the device's queue work.
+    fn step(&mut self, dev: &mut Vsock) {
+        let mut reach = self.stats.borrow_mut();
+        let rng = &mut self.rng;
+        for l in &self.listeners {
+            while let Ok((s, _)) = l.accept() {
+                s.set_nonblocking(true).unwrap();
+                reach.guest_connections_accepted += 1;
+                if self.streams.len() < 64 {
+                    self.streams.push(s);
+                }
+            }
+        }
+        if rng.chance(30) && self.streams.len() < 64 {
+            if let Ok(mut s) = UnixStream::connect(&self.uds) {
+                s.set_nonblocking(true).unwrap();
+                let port = GUEST_PORTS + rng.below(4) as u32;
+                let line: Vec<u8> = match rng.below(6) {
+                    0 => b"CONNEC".to_vec(),                          // never finished
+                    1 => (0..40).map(|_| rng.next() as u8).collect(), // garbage
+                    2 => format!("CONNECT {port}\nearly data").into_bytes(),
+                    _ => format!("CONNECT {port}\n").into_bytes(),
+                };
+                let _ = s.write(&line);
+                reach.host_connections_opened += 1;
+                self.streams.push(s);
+            }
+        }
+        let mut buf = [0u8; 4096];
+        for s in &mut self.streams {
+            if rng.chance(50) {
+                let n = rng.below(70_000) as usize;
+                let data = vec![0x5a; n];
+                if let Ok(w) = s.write(&data) {
+                    reach.bytes_to_guest_written += w as u64;
+                }
+            }
+            if rng.chance(70) {
+                while let Ok(r) = s.read(&mut buf) {
+                    if r == 0 {
+                        break;
+                    }
+                    reach.bytes_from_guest_read += r as u64;
+                }
+            }
+        }
+        if rng.chance(5) && !self.streams.is_empty() {
+            let i = rng.below(self.streams.len() as u64) as usize;
+            self.streams.swap_remove(i); // the host program goes away
+        }
+        let mux = dev.muxer();
+        mux.accept();
+        apply_interest(&mut self.watched, mux);
+        let ready: Vec<(u32, u8)> = self.watched.iter().map(|(t, w)| (*t, *w)).collect();
+        for (token, want) in ready {
+            // As epoll would report, and sometimes spuriously.
+            let events = if rng.chance(20) { 3 } else { want };
+            mux.socket_ready(token, events);
+        }
+        if rng.chance(3) {
+            reach.expiries += 1;
+            mux.expire(Instant::now() + Duration::from_secs(3600));
+        }
+        apply_interest(&mut self.watched, mux);
+    }
+}
+
+/// Applies the muxer's watch changes to `watched`, as the worker would.
+fn apply_interest(watched: &mut std::collections::HashMap<u32, u8>, mux: &mut super::vsock::Muxer) {
+    let (changes, closed) = mux.take_interest();
+    for c in changes {
+        if c.new == 0 {
+            watched.remove(&c.token);
+        } else {
+            watched.insert(c.token, c.new);
+        }
+    }
+    drop(closed);
+}
+
 #[test]
 fn vsock_survives_hostile_packets() {
     let path = temp_path("vsock.sock");
@@ -360,8 +585,15 @@ fn vsock_survives_hostile_packets() {
         let dst_cid: u64 = if rng.chance(80) { 2 } else { rng.next() };
         h.extend_from_slice(&src_cid.to_le_bytes());
         h.extend_from_slice(&dst_cid.to_le_bytes());
-        h.extend_from_slice(&(rng.below(4) as u32 + 1000).to_le_bytes()); // src port
-        h.extend_from_slice(&(rng.below(4) as u32 + 5000).to_le_bytes()); // dst port
+        // Guest ports the host connects to; host ports with listeners, or
+        // the first host ports of host-initiated connections.
+        h.extend_from_slice(&(GUEST_PORTS + rng.below(4) as u32).to_le_bytes());
+        let dst_port = if rng.chance(50) {
+            HOST_PORTS + rng.below(5) as u32
+        } else {
+            super::vsock::muxer::FIRST_LOCAL_PORT + rng.below(16) as u32
+        };
+        h.extend_from_slice(&dst_port.to_le_bytes());
         let len = if rng.chance(50) {
             rng.below(128) as u32
         } else {
@@ -376,27 +608,62 @@ fn vsock_survives_hostile_packets() {
             })
             .to_le_bytes(),
         );
-        h.extend_from_slice(&(rng.below(9) as u16).to_le_bytes()); // op
+        // Mostly the ops that move state: REQUEST, RESPONSE, RW, credit.
+        let op = [1u16, 1, 2, 2, 5, 5, 5, 6, 7, 4, 3, rng.below(9) as u16][rng.below(12) as usize];
+        h.extend_from_slice(&op.to_le_bytes());
         h.extend_from_slice(&(rng.below(4) as u32).to_le_bytes()); // flags
-        h.extend_from_slice(&(rng.next() as u32).to_le_bytes()); // buf_alloc
-        h.extend_from_slice(&(rng.next() as u32).to_le_bytes()); // fwd_cnt
+        let buf_alloc = [0u32, 1, 64, 4096, 256 * 1024, rng.next() as u32][rng.below(6) as usize];
+        h.extend_from_slice(&buf_alloc.to_le_bytes());
+        h.extend_from_slice(&(rng.next() as u32 % 8192).to_le_bytes()); // fwd_cnt
         h
     };
+    let reach = Rc::new(RefCell::new(VsockReach::default()));
+    let totals = Rc::new(RefCell::new(super::vsock::VsockStats::default()));
+    let mut seed = 0x5eed_1003u64;
     let n = drive("virtio-vsock", 0x5eed_0003, 3, &header, || {
         let path = path.clone();
+        let reach = reach.clone();
+        let totals = totals.clone();
         Box::new(move |act| {
             let cfg = VsockConfig {
                 cid: 3,
                 uds_path: path.clone(),
             };
-            activated(Vsock::new(&cfg).unwrap(), act, |d: &mut Vsock| {
-                d.process_tx();
-                d.process_rx();
-                let _ = d.muxer().take_interest();
+            seed += 1;
+            let mut host = VsockHost::new(&path, seed, reach.clone());
+            let totals = totals.clone();
+            activated(Vsock::new(&cfg).unwrap(), act, move |d: &mut Vsock| {
+                d.process_queues();
+                host.step(d);
+                d.process_queues();
+                host.apply(d.muxer());
+                let s = d.muxer().stats();
+                let mut t = totals.borrow_mut();
+                t.connections = t.connections.max(s.connections);
+                t.resets_sent = t.resets_sent.max(s.resets_sent);
+                t.bad_packets = t.bad_packets.max(s.bad_packets);
+                t.rx_no_room = t.rx_no_room.max(s.rx_no_room);
+                t.timeouts = t.timeouts.max(s.timeouts);
+                t.control_coalesced = t.control_coalesced.max(s.control_coalesced);
+                assert!(d.muxer().control_backlog() <= super::vsock::TX_STOP + 4096);
             })
         })
     });
+    let reach = *reach.borrow();
+    eprintln!(
+        "virtio-vsock reached: {reach:?}; largest per-device counters {:?}",
+        totals.borrow()
+    );
     assert!(n > 1000);
+    assert!(
+        reach.guest_connections_accepted > 0,
+        "no guest connection reached a listener"
+    );
+    assert!(reach.host_connections_opened > 0);
+    assert!(
+        totals.borrow().connections > 0,
+        "no connection was ever established"
+    );
 }
 
 #[test]

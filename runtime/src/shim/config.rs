@@ -97,6 +97,7 @@ struct ConfigFile {
     disk_size_mib: Option<u64>,
     state_dir: Option<PathBuf>,
     console_log: Option<bool>,
+    seccomp: Option<String>,
 }
 
 /// The shim's resolved configuration.
@@ -124,6 +125,9 @@ pub struct ShimConfig {
     pub state_dir: PathBuf,
     /// Keep the guest console in `<state_dir>/<pod>/console.log`.
     pub console_log: bool,
+    /// Seccomp filters on the VM's threads (`seccomp = "on" | "log" |
+    /// "off"`; the control plane's deny-list is always on).
+    pub seccomp: corral_vmm::SeccompPolicy,
 }
 
 impl ShimConfig {
@@ -201,6 +205,10 @@ fn resolve(file: ConfigFile, cache: &Path) -> Result<ShimConfig, ShimConfigError
         disk_size_mib: file.disk_size_mib.unwrap_or(1024),
         state_dir: file.state_dir.unwrap_or_else(|| "/run/corral".into()),
         console_log: file.console_log.unwrap_or(true),
+        seccomp: match file.seccomp.as_deref() {
+            None => corral_vmm::SeccompPolicy::Enforce,
+            Some(s) => s.parse().map_err(ShimConfigError::Invalid)?,
+        },
     };
     if config.vcpus == 0 {
         return Err(ShimConfigError::Invalid(

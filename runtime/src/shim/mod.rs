@@ -33,6 +33,16 @@ pub const RUNTIME_ID: &str = "io.containerd.corral.v2";
 /// The shim binary's `main`: one multi-threaded runtime for the whole
 /// process, its worker threads created up front.
 pub fn main() {
+    // Before any thread exists, so every thread inherits it: the shim's
+    // own threads, the VMs' (each adds its allow-list) and mkfs.
+    let deny = corral_vmm::seccomp::ThreadFilter::standalone(
+        corral_vmm::seccomp::ThreadKind::Runtime,
+        corral_vmm::SeccompPolicy::Enforce,
+    );
+    if let Err(e) = deny.install() {
+        eprintln!("{RUNTIME_ID}: {e}; run without the control plane's seccomp filter");
+        std::process::exit(1);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("shim-tokio")

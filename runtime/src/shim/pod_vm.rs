@@ -136,6 +136,7 @@ impl PodVm {
         let net = net_of(spec)?;
         let console = dir.join("console.log");
         let mut vm = VmConfig::new(&config.kernel);
+        vm.seccomp = config.seccomp;
         vm.initrd = Some(config.initrd.clone().into());
         vm.vcpus = size.vcpus;
         vm.memory_mib = size.memory_mib;
@@ -192,8 +193,8 @@ impl PodVm {
         let t1 = Instant::now();
         let pod = blocking(move || Pod::create(PodConfig { vm, cgroup })).await??;
         if let Some(sandbox) = pod.sandbox() {
-            leftovers.cgroups = sandbox
-                .paths()
+            let paths = sandbox.paths();
+            leftovers.cgroups = paths
                 .hierarchies
                 .iter()
                 .flat_map(|h| {
@@ -204,6 +205,14 @@ impl PodVm {
                     ]
                 })
                 .flatten()
+                .collect();
+            let own = &leftovers.cgroups;
+            leftovers.shared_cgroups = paths
+                .hierarchies
+                .iter()
+                .flat_map(|h| h.created.iter())
+                .filter(|d| !own.iter().any(|o| d.starts_with(o)))
+                .cloned()
                 .collect();
             leftovers.save();
         }

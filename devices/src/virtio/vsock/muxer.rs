@@ -52,7 +52,7 @@ pub const SHUTDOWN_SEND: u32 = 2;
 /// Most simultaneous connections (each holds a host fd).
 pub const MAX_CONNECTIONS: usize = 1024;
 /// First host port handed to host-initiated connections.
-const FIRST_LOCAL_PORT: u32 = 1 << 30;
+pub(crate) const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
 /// epoll tokens below this belong to the worker.
