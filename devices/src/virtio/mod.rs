@@ -48,16 +48,17 @@ pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_QUEUE_NOTIFY: u64 = 0x50;
 
 /// Feature bits common to every device.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Indirect descriptors (handled by `virtio-queue`).
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
+    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// Used/avail event indexes (notification suppression).
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// InterruptStatus bit: a queue has new used entries.
-pub const VIRTIO_INT_VRING: u32 = 1;
+pub const VIRTIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// InterruptStatus bit: the configuration (or device status) changed.
-pub const VIRTIO_INT_CONFIG: u32 = 2;
+pub const VIRTIO_INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// The interrupt line of one device: the InterruptStatus register the
 /// driver reads and acknowledges, and the irqfd that raises the IRQ.

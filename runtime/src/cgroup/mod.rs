@@ -8,9 +8,10 @@
 //! vCPUs enter the guest. One sandbox per process is assumed: placement
 //! moves *every* thread of the process. New threads start in their
 //! creator's cgroup — notably `kvm-nx-lpage-re`, which recent kernels
-//! (6.18 here) create at the first `KVM_RUN`, from a vCPU thread, so it
-//! starts in the vCPU cgroup: run `place` again after `Vmm::start` (it is
-//! idempotent) to move it to the overhead side.
+//! (6.18 here) create at a VM's first `KVM_RUN`. `Vmm::create` makes that
+//! first `KVM_RUN` itself (one that returns at once, before any guest
+//! code), so the worker already exists when `place` runs and is placed
+//! with the overhead threads; one `place` per sandbox is enough.
 //!
 //! # Placement modes
 //!

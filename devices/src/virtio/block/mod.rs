@@ -28,11 +28,11 @@ pub use event_handler::BlockHandler;
 use request::{Disk, SECTOR_SIZE};
 
 /// virtio device ID of a block device.
-pub const VIRTIO_ID_BLOCK: u32 = 2;
+pub const VIRTIO_ID_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 /// The device is read-only.
-pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_RO: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
 /// The device supports FLUSH.
-pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_FLUSH;
 /// Entries per queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Length of the GET_ID answer.

@@ -19,24 +19,26 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::positioned::FileAt;
 use super::SERIAL_LEN;
+use virtio_bindings::virtio_blk;
+
 use crate::virtio::GuestMemoryMmap;
 
 /// Bytes per sector.
 pub const SECTOR_SIZE: u64 = 512;
 /// Request types.
-pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub const VIRTIO_BLK_T_IN: u32 = virtio_blk::VIRTIO_BLK_T_IN;
 /// Write.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub const VIRTIO_BLK_T_OUT: u32 = virtio_blk::VIRTIO_BLK_T_OUT;
 /// Flush.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub const VIRTIO_BLK_T_FLUSH: u32 = virtio_blk::VIRTIO_BLK_T_FLUSH;
 /// Device ID string.
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_GET_ID: u32 = virtio_blk::VIRTIO_BLK_T_GET_ID;
 /// Status: success.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_OK: u8 = virtio_blk::VIRTIO_BLK_S_OK as u8;
 /// Status: I/O error (or a bad request).
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_IOERR: u8 = virtio_blk::VIRTIO_BLK_S_IOERR as u8;
 /// Status: unsupported request type.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = virtio_blk::VIRTIO_BLK_S_UNSUPP as u8;
 
 const HEADER_LEN: usize = 16;
 /// Most descriptors a request may have (the largest queue's worth).

@@ -38,9 +38,9 @@ pub use event_handler::NetHandler;
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
 /// virtio device ID of a network device.
-pub const VIRTIO_ID_NET: u32 = 1;
+pub const VIRTIO_ID_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// The device has a MAC address in config space.
-pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+pub const VIRTIO_NET_F_MAC: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 /// Entries per queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest frame handled, vnet header included.

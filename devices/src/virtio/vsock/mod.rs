@@ -36,7 +36,7 @@ pub use event_handler::VsockHandler;
 pub use muxer::{Filled, Muxer, VsockStats};
 
 /// virtio device ID of a socket device.
-pub const VIRTIO_ID_VSOCK: u32 = 19;
+pub const VIRTIO_ID_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// The host's CID.
 pub const HOST_CID: u64 = 2;
 /// Entries per queue.

@@ -28,6 +28,10 @@ use super::control::{ConnKey, ControlQueue};
 use super::HOST_CID;
 use crate::ratelimit::warn_limited;
 
+// The packet header's values, from the kernel's virtio_vsock.h, which
+// virtio-bindings does not carry (virtio-vsock parses the header, but has
+// no names for its values).
+
 /// Packet type of stream sockets.
 pub const TYPE_STREAM: u16 = 1;
 /// Operations.
