@@ -83,6 +83,11 @@ dump_tasks() {
   echo 7 > /proc/sys/kernel/printk
   echo w > /proc/sysrq-trigger
   echo l > /proc/sysrq-trigger
+  # The other CPUs print their NMI backtraces a little later: let them
+  # finish and quieten the console, so that the marker is not cut in two
+  # by a kernel line (it was, in CI).
+  sleep 1
+  echo 1 > /proc/sys/kernel/printk
   echo "corral-l1: watchdog: end of dump"
 }
 if [ -n "$watchdog" ]; then

@@ -25,6 +25,9 @@ const COMMON: &[i64] = &[
     libc::SYS_getrandom,
     libc::SYS_gettid,
     libc::SYS_exit,
+    // glibc's fallback for the CPU count when it creates a malloc arena
+    // and cannot read /sys/devices/system/cpu/online (refused, below).
+    libc::SYS_sched_getaffinity,
 ];
 
 /// Event loops: `event-manager` on epoll, eventfds (duplicated with
@@ -71,6 +74,21 @@ const SIGNALS: &[i64] = &[
     libc::SYS_unlink,
     libc::SYS_exit_group,
 ];
+
+/// Calls refused with EACCES rather than trapped, on the VMM's threads:
+/// glibc's malloc opens `/proc/sys/vm/overcommit_memory` once per process,
+/// from whichever thread first shrinks a per-thread heap (a vsock worker
+/// after a large transfer, in the nested lane), and copes with a refusal
+/// (it then shrinks heaps as usual). No VMM thread opens files otherwise.
+const QUIETLY_REFUSED: &[i64] = &[libc::SYS_open, libc::SYS_openat];
+
+/// The calls `kind` gets EACCES for (see [`QUIETLY_REFUSED`]).
+pub fn quietly_refused(kind: ThreadKind) -> &'static [i64] {
+    match kind {
+        ThreadKind::Signals | ThreadKind::Runtime => &[],
+        _ => QUIETLY_REFUSED,
+    }
+}
 
 /// The system calls `kind` may make (besides `ioctl`, see
 /// [`allowed_ioctls`]).

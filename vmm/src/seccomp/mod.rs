@@ -220,12 +220,46 @@ impl ThreadFilter {
             self.index,
             self.exit.as_ref().map_or(std::ptr::null(), Arc::as_ptr),
         );
-        let program = program(self.kind, action)?;
-        seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
-            thread: self.kind.thread_name(self.index),
-            source,
-        })
+        let install = |program: &BpfProgram| {
+            seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+                thread: self.kind.thread_name(self.index),
+                source,
+            })
+        };
+        if !lists::quietly_refused(self.kind).is_empty() {
+            install(quiet_program(self.kind)?)?;
+        }
+        install(program(self.kind, action)?)
     }
+}
+
+/// The second filter of the kinds with quiet refusals: those calls fail
+/// with EACCES, and nothing else is touched. The kernel takes the most
+/// restrictive answer of a thread's filters, so a call the allow-list lets
+/// through (it lists these) and this one refuses fails quietly, while a
+/// call outside the allow-list still traps.
+fn quiet_program(kind: ThreadKind) -> Result<&'static BpfProgram, SeccompError> {
+    static SLOTS: [OnceLock<Result<BpfProgram, String>>; 7] = [const { OnceLock::new() }; 7];
+    SLOTS[usize::from(kind.code())]
+        .get_or_init(|| {
+            let rules = lists::quietly_refused(kind)
+                .iter()
+                .map(|&sysno| (sysno, Vec::new()))
+                .collect();
+            let filter = SeccompFilter::new(
+                rules,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EACCES as u32),
+                TargetArch::x86_64,
+            )
+            .map_err(|e| e.to_string())?;
+            BpfProgram::try_from(filter).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|reason| SeccompError::Compile {
+            kind,
+            reason: reason.clone(),
+        })
 }
 
 /// The compiled program of `kind` under `mismatch`, built once.
@@ -258,7 +292,10 @@ fn compile(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, Stri
             .map_err(|e| e.to_string())?;
         return BpfProgram::try_from(filter).map_err(|e| e.to_string());
     }
-    for &sysno in allowed_syscalls(kind) {
+    for &sysno in allowed_syscalls(kind)
+        .iter()
+        .chain(lists::quietly_refused(kind))
+    {
         rules.insert(sysno, Vec::new());
     }
     let ioctls = lists::allowed_ioctls(kind);

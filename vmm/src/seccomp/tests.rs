@@ -59,7 +59,7 @@ fn a_forbidden_call_fails_with_eperm_and_ends_the_vm_naming_thread_and_call() {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut t = NamedThread::spawn("vmm-blk2".into(), Some(filter), move || {
         let first = forbidden_call();
-        let open_failed = std::fs::File::open("/dev/null").is_err(); // openat: not listed
+        let open_failed = std::fs::File::open("/dev/null").is_err(); // refused quietly
         let _ = tx.send((first, open_failed));
     })
     .unwrap();
@@ -130,4 +130,26 @@ fn the_control_plane_deny_list_refuses_only_its_calls() {
     assert!(getppid > 0, "an ordinary call was refused");
     assert_eq!((acct, errno), (-1, libc::EPERM));
     assert!(t.join_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn opening_a_file_is_refused_quietly_and_the_vm_goes_on() {
+    let exit = Arc::new(ExitState::new().unwrap());
+    let filter = ThreadFilter::for_vm(ThreadKind::Vsock, 0, SeccompPolicy::Enforce, &exit);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut t = NamedThread::spawn("vmm-vsock0".into(), Some(filter), move || {
+        let opened =
+            std::fs::File::open("/proc/sys/vm/overcommit_memory").map_err(|e| e.raw_os_error());
+        let _ = tx.send(opened.map(|_| ()));
+    })
+    .unwrap();
+    t.tid().unwrap();
+    let opened = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(opened, Err(Some(libc::EACCES)));
+    assert!(t.join_within(Duration::from_secs(5)));
+    assert_eq!(
+        exit.wait(Some(Duration::ZERO)),
+        None,
+        "a quiet refusal ended the VM"
+    );
 }
