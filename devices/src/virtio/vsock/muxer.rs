@@ -603,14 +603,9 @@ impl Muxer {
         for key in keys {
             self.remove(key);
         }
-        for (token, p) in self.pending.drain() {
-            self.interest.push(Interest {
-                fd: p.stream.as_raw_fd(),
-                token,
-                old: WANT_IN,
-                new: 0,
-            });
-            self.closed.push(p.stream);
+        let pending: Vec<_> = self.pending.drain().collect();
+        for (token, p) in pending {
+            self.close_pending(token, p);
         }
         self.control.clear();
         self.ready.clear();

@@ -19,6 +19,18 @@ use super::{
 };
 
 impl Muxer {
+    /// Stops watching a pending host connection and closes it once the
+    /// worker has applied that.
+    pub(super) fn close_pending(&mut self, token: u32, p: PendingConnect) {
+        self.interest.push(Interest {
+            fd: p.stream.as_raw_fd(),
+            token,
+            old: WANT_IN,
+            new: 0,
+        });
+        self.closed.push(p.stream);
+    }
+
     /// The listening socket is readable: accept host connections.
     pub fn accept(&mut self) {
         loop {
@@ -150,13 +162,7 @@ impl Muxer {
             if let Some(p) = self.pending.remove(&token) {
                 debug!("vsock: host connection sent no CONNECT line in time");
                 self.stats.timeouts += 1;
-                self.interest.push(Interest {
-                    fd: p.stream.as_raw_fd(),
-                    token,
-                    old: WANT_IN,
-                    new: 0,
-                });
-                self.closed.push(p.stream);
+                self.close_pending(token, p);
             }
         }
         let unanswered: Vec<ConnKey> = self
