@@ -271,7 +271,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cgroups: pod.sandbox().map(|s| s.teardown_handle()),
         sockets: pod.vsock_socket().map(PathBuf::from).into_iter().collect(),
     };
-    signals::spawn_shutdown_thread(termination, pod.shutdown_handle(), emergency)?;
+    let signal_thread =
+        signals::spawn_shutdown_thread(termination, pod.shutdown_handle(), emergency)?;
     let mut container = container_prepared
         .as_ref()
         .map(|prepared| container::run(&mut pod, prepared, Some(winch), t0));
@@ -296,6 +297,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let exit = pod.wait();
     phase!(t0, "VM ended");
+    if pod.sandbox().is_some() {
+        signal_thread.go_home();
+    }
     if let Err(e) = pod.teardown() {
         tracing::warn!("cgroups: teardown incomplete: {e}");
     }

@@ -17,9 +17,17 @@
 //! the process. If a thread the VMM starts at that very moment keeps a
 //! cgroup busy, the next `corral run` with the same `--cgroup-parent`
 //! sweeps it (`corral_runtime::sweep`), as after a `kill -9`.
+//!
+//! Before a normal teardown the thread is asked to go back to the
+//! process's own cgroups by itself ([`SignalThread::go_home`]): a thread
+//! that moves itself costs the kernel ~20 µs, one moved by TID an RCU grace
+//! period (see `corral_runtime::cgroup::Spot`).
 
 use std::io;
+use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use corral_runtime::cgroup::TeardownHandle;
 use corral_vmm::ShutdownHandle;
@@ -28,6 +36,39 @@ use corral_vmm::ShutdownHandle;
 pub struct TerminationSignals(libc::sigset_t);
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Sent by `corral run` itself to its signal thread before teardown: go
+/// back to the process's own cgroups (see [`SignalThread::go_home`]). The
+/// VMM's vCPU kick is `SIGRTMIN`; this is the next one.
+fn home_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// How long teardown waits for the signal thread to go home before it
+/// moves the thread itself (by TID, which costs a grace period).
+const HOME_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The running signal thread.
+pub struct SignalThread {
+    handle: std::thread::JoinHandle<()>,
+    home: mpsc::Receiver<()>,
+}
+
+impl SignalThread {
+    /// Asks the thread to move itself back to the process's own cgroups
+    /// (the sandbox's teardown then finds only the calling thread, which
+    /// goes home by itself, and writes no TID) and waits for it.
+    pub fn go_home(&self) {
+        let thread = self.handle.as_pthread_t();
+        // SAFETY: the thread never exits on its own except by ending the
+        // process, so its pthread_t is valid; the signal is blocked in every
+        // thread and only this one waits for it.
+        let rc = unsafe { libc::pthread_kill(thread, home_signal()) };
+        if rc != 0 || self.home.recv_timeout(HOME_TIMEOUT).is_err() {
+            tracing::debug!("the signal thread did not go home; teardown moves it");
+        }
+    }
+}
 
 /// What a second signal removes before the process exits.
 #[derive(Default)]
@@ -59,7 +100,9 @@ impl Emergency {
 /// Blocks the termination signals in the calling thread (and so in every
 /// thread it spawns afterwards).
 pub fn block_termination_signals() -> io::Result<TerminationSignals> {
-    block(&SIGNALS).map(TerminationSignals)
+    let mut signals = SIGNALS.to_vec();
+    signals.push(home_signal());
+    block(&signals).map(TerminationSignals)
 }
 
 /// Blocks `signals` in the calling thread (and the threads it spawns
@@ -88,8 +131,9 @@ pub fn spawn_shutdown_thread(
     signals: TerminationSignals,
     vm: ShutdownHandle,
     emergency: Emergency,
-) -> io::Result<()> {
-    std::thread::Builder::new()
+) -> io::Result<SignalThread> {
+    let (home_tx, home) = mpsc::channel();
+    let handle = std::thread::Builder::new()
         .name("corral-signals".into())
         .spawn(move || {
             crate::filters::install_signal_thread();
@@ -106,6 +150,13 @@ pub fn spawn_shutdown_thread(
                 if rc != 0 {
                     continue;
                 }
+                if sig == home_signal() {
+                    if let Some(Err(e)) = emergency.cgroups.as_ref().map(|c| c.go_home()) {
+                        tracing::debug!("signal thread: cannot go home: {e}");
+                    }
+                    let _ = home_tx.send(());
+                    continue;
+                }
                 if requested {
                     say_err!(
                         "corral: signal {sig} again: exiting without waiting for the VM (its cgroups and socket removed)"
@@ -118,6 +169,6 @@ pub fn spawn_shutdown_thread(
                 vm.request();
                 requested = true;
             }
-        })
-        .map(|_| ())
+        })?;
+    Ok(SignalThread { handle, home })
 }

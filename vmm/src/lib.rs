@@ -48,4 +48,4 @@ pub use console::{ConsoleBuffer, ConsoleConfig, ConsoleInput, ConsoleOutput};
 pub use exit::{ShutdownHandle, VmExit};
 pub use seccomp::SeccompPolicy;
 pub use threads::Tid;
-pub use vmm::{Vmm, VmmError};
+pub use vmm::{PlacementHookError, SpawnPlacement, Vmm, VmmError};

@@ -24,10 +24,10 @@ use crate::exit::{ExitState, ShutdownHandle, VmExit};
 use crate::io_thread::{IoThread, Subscriber};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, BootProtocol, KernelLoadError};
 use crate::platform::{Platform, PlatformError};
-use crate::seccomp::{ThreadFilter, ThreadKind};
+use crate::seccomp::{SeccompPolicy, ThreadFilter, ThreadKind};
 use crate::threads::{NamedThread, Tid};
 use crate::vcpu::run::{vcpu_thread, VcpuContext};
-use crate::vcpu::{create_vcpus, kick, StartGate, VcpuError};
+use crate::vcpu::{create_vcpus, kick, StartGate, Vcpu, VcpuError};
 use crate::virtio_devices::{self, AttachedDevices, DeviceError, Slot, VirtioDeviceInfo};
 use crate::vm::{Vm, VmError};
 use crate::x86_64::acpi::{setup_acpi, AcpiError};
@@ -76,9 +76,51 @@ pub enum VmmError {
     /// The console input cannot be set up.
     #[error("cannot attach console input")]
     ConsoleInput(#[source] io::Error),
+    /// The runtime's placement hook failed.
+    #[error("cannot place the VM's threads while spawning them")]
+    Placement(#[source] PlacementHookError),
     /// A thread or eventfd could not be created.
     #[error("cannot start the VMM's {0} thread")]
     Thread(&'static str, #[source] io::Error),
+}
+
+/// Where the creating thread stands while [`Vmm::create_placed`] spawns
+/// the vCPU threads. Threads inherit their creator's cgroups at `clone`, so
+/// a runtime that moves the creating thread itself (cheap: see
+/// `corral_runtime::cgroup::Spot`) places every vCPU thread without
+/// writing its TID (which makes the kernel wait for an RCU grace period).
+/// The other VMM threads (and KVM's own worker thread of the VM) are
+/// spawned wherever the creating thread stands after
+/// [`SpawnPlacement::before_threads`].
+pub trait SpawnPlacement {
+    /// Called once the VM, its memory and boot tables exist and before the
+    /// first thread is spawned (a device worker): the runtime can make its
+    /// cgroups meanwhile, on another thread, and move the creating thread
+    /// to where the VMM's threads go.
+    fn before_threads(&mut self) -> Result<(), PlacementHookError>;
+    /// Called right before the first vCPU thread is spawned.
+    fn before_vcpus(&mut self) -> Result<(), PlacementHookError>;
+    /// Called right after the last vCPU thread is spawned (and on the way
+    /// out when spawning failed).
+    fn after_vcpus(&mut self) -> Result<(), PlacementHookError>;
+}
+
+/// The error of a [`SpawnPlacement`] hook: the runtime's own error, boxed.
+pub type PlacementHookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// No placement: threads stay where the creating thread is.
+struct Unplaced;
+
+impl SpawnPlacement for Unplaced {
+    fn before_threads(&mut self) -> Result<(), PlacementHookError> {
+        Ok(())
+    }
+    fn before_vcpus(&mut self) -> Result<(), PlacementHookError> {
+        Ok(())
+    }
+    fn after_vcpus(&mut self) -> Result<(), PlacementHookError> {
+        Ok(())
+    }
 }
 
 /// The vCPU threads; stopping (or dropping) them releases or kicks each one
@@ -129,6 +171,15 @@ impl Vmm {
     /// Builds the VM described by `config`: memory, kernel, boot parameters,
     /// devices, vCPUs and their threads, which wait at the start gate.
     pub fn create(config: VmConfig) -> Result<Self, VmmError> {
+        Self::create_placed(config, &mut Unplaced)
+    }
+
+    /// [`Vmm::create`], calling `placement` around the spawning of the
+    /// vCPU threads.
+    pub fn create_placed(
+        config: VmConfig,
+        placement: &mut dyn SpawnPlacement,
+    ) -> Result<Self, VmmError> {
         config.validate()?;
         let created = Instant::now();
         let mem_size = config.memory_bytes();
@@ -165,6 +216,7 @@ impl Vmm {
             })?;
         let mut platform =
             Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
+        placement.before_threads().map_err(VmmError::Placement)?;
         let mut devices = virtio_devices::attach(&vm, &mut platform.mmio, &config, &slots, &exit)?;
         let vcpus = create_vcpus(&vm, config.vcpus, &kernel.protocol)?;
 
@@ -192,21 +244,17 @@ impl Vmm {
             threads: Vec::with_capacity(vcpus.len()),
             cpu_time_ns: Vec::with_capacity(vcpus.len()),
         };
-        for vcpu in vcpus {
-            let ctx = VcpuContext {
-                pio: pio.clone(),
-                mmio: mmio.clone(),
-                exit: exit.clone(),
-                gate: gate.clone(),
-                cpu_time_ns: Arc::new(AtomicU64::new(0)),
-            };
-            threads.cpu_time_ns.push(ctx.cpu_time_ns.clone());
-            let name = format!("vcpu{}", vcpu.index);
-            let filter = ThreadFilter::for_vm(ThreadKind::Vcpu, vcpu.index, config.seccomp, &exit);
-            let thread = NamedThread::spawn(name, Some(filter), move || vcpu_thread(vcpu, ctx))
-                .map_err(|e| VmmError::Thread("vCPU", e))?;
-            threads.threads.push(thread);
-        }
+        placement.before_vcpus().map_err(VmmError::Placement)?;
+        let context = || VcpuContext {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            exit: exit.clone(),
+            gate: gate.clone(),
+            cpu_time_ns: Arc::new(AtomicU64::new(0)),
+        };
+        let spawned = spawn_vcpu_threads(vcpus, &mut threads, config.seccomp, &exit, context);
+        placement.after_vcpus().map_err(VmmError::Placement)?;
+        spawned?;
         for thread in &mut threads.threads {
             thread.tid().map_err(|e| VmmError::Thread("vCPU", e))?;
         }
@@ -328,8 +376,13 @@ impl Vmm {
     }
 }
 
-impl Drop for Vmm {
-    fn drop(&mut self) {
+impl Vmm {
+    /// Stops and joins every thread of the VM (vCPUs, `vmm-io`, device
+    /// workers), leaving guest memory and the KVM fds to the drop: a
+    /// runtime can then remove the VM's cgroups, now empty, while another
+    /// thread drops the `Vmm` (whose memory-slot removal waits for the
+    /// kernel). Idempotent; the drop does it too.
+    pub fn stop_threads(&mut self) {
         self.exit.record(VmExit::HostShutdown);
         self.vcpus.stop();
         self.io.stop();
@@ -337,6 +390,32 @@ impl Drop for Vmm {
             worker.stop();
         }
     }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Spawns one thread per vCPU into `threads`, each with its filter.
+fn spawn_vcpu_threads(
+    vcpus: Vec<Vcpu>,
+    threads: &mut VcpuThreads,
+    seccomp: SeccompPolicy,
+    exit: &Arc<ExitState>,
+    context: impl Fn() -> VcpuContext,
+) -> Result<(), VmmError> {
+    for vcpu in vcpus {
+        let ctx = context();
+        threads.cpu_time_ns.push(ctx.cpu_time_ns.clone());
+        let name = format!("vcpu{}", vcpu.index);
+        let filter = ThreadFilter::for_vm(ThreadKind::Vcpu, vcpu.index, seccomp, exit);
+        let thread = NamedThread::spawn(name, Some(filter), move || vcpu_thread(vcpu, ctx))
+            .map_err(|e| VmmError::Thread("vCPU", e))?;
+        threads.threads.push(thread);
+    }
+    Ok(())
 }
 
 /// The command line the guest gets: the configured one, then an entry per

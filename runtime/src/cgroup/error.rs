@@ -380,6 +380,15 @@ pub enum CgroupError {
         sandbox_id: String,
     },
 
+    /// The thread that makes the sandbox's cgroups (while the VM is built)
+    /// could not be started.
+    #[error("cannot start the cgroup-setup thread")]
+    SetupThread(#[source] io::Error),
+
+    /// The thread that makes the sandbox's cgroups panicked.
+    #[error("the cgroup-setup thread panicked; what it made is swept at the next start")]
+    SetupPanicked,
+
     /// Removing a cgroup directory failed.
     #[error("cannot remove cgroup {path}")]
     RemoveDir {

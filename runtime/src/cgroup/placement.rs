@@ -38,6 +38,8 @@ pub struct VcpuPlacement {
     pub latency_us: u64,
     /// The affinity set, when pinning is managed.
     pub affinity: Option<Vec<u32>>,
+    /// It was in its cgroups already (spawned there): nothing was written.
+    pub inherited: bool,
 }
 
 /// Why a non-vCPU thread was not placed.
@@ -158,12 +160,27 @@ impl Sandbox {
             (PinDecision::NotManaged, None)
         };
 
+        // Threads spawned into their cgroups (see `selfmove`) are already
+        // there: writing their TIDs again would take the kernel's global
+        // lock for nothing.
+        let in_sandbox: Vec<HashSet<i32>> =
+            self.hiers.iter().map(|h| members(h, &h.sandbox)).collect();
+        let in_overhead: Vec<HashSet<i32>> = self
+            .hiers
+            .iter()
+            .map(|h| members(h, self.other_dir(h)))
+            .collect();
+
         let mut vcpus = Vec::with_capacity(vcpu_tids.len());
         for (index, &tid) in vcpu_tids.iter().enumerate() {
             let t0 = Instant::now();
+            let mut inherited = true;
             if !whole_process_only {
-                for hier in &self.hiers {
-                    move_vcpu(hier, tid)?;
+                for (hier, there) in self.hiers.iter().zip(&in_sandbox) {
+                    if !there.contains(&tid) {
+                        move_vcpu(hier, tid)?;
+                        inherited = false;
+                    }
                 }
             }
             let cpus = plan.as_ref().and_then(|p| p.get(index)).cloned();
@@ -175,6 +192,7 @@ impl Sandbox {
                 tid,
                 latency_us: micros(t0.elapsed()),
                 affinity: cpus,
+                inherited: inherited && !whole_process_only,
             });
         }
 
@@ -184,7 +202,7 @@ impl Sandbox {
             let outcome = if whole_process_only {
                 None
             } else {
-                self.move_other(tid)?
+                self.move_other(tid, &in_overhead)?
             };
             match outcome {
                 None => placed.push(tid),
@@ -230,7 +248,7 @@ impl Sandbox {
     /// v2: moves the whole process into the domain (`cgroup.procs`) unless
     /// it is already inside it — in Split mode a second move would pull
     /// the placed threads back out of `vcpu`/`overhead`.
-    fn move_process_if_needed(&self) -> Result<Option<u64>, CgroupError> {
+    pub(crate) fn move_process_if_needed(&self) -> Result<Option<u64>, CgroupError> {
         let Some(hier) = self.hiers.iter().find(|h| h.v2) else {
             return Ok(None);
         };
@@ -257,12 +275,16 @@ impl Sandbox {
 
     /// Moves one non-vCPU thread in every hierarchy; `Some(reason)` when it
     /// was skipped.
-    fn move_other(&self, tid: i32) -> Result<Option<SkipReason>, CgroupError> {
-        for hier in &self.hiers {
-            let dir = match (&self.config.mode, &hier.overhead) {
-                (PlacementMode::Split, Some(overhead)) => overhead,
-                _ => &hier.sandbox,
-            };
+    fn move_other(
+        &self,
+        tid: i32,
+        already: &[HashSet<i32>],
+    ) -> Result<Option<SkipReason>, CgroupError> {
+        for (hier, there) in self.hiers.iter().zip(already) {
+            if there.contains(&tid) {
+                continue;
+            }
+            let dir = self.other_dir(hier);
             let result = hier.handle(dir).to_controller().add_task(&cgroup_pid(tid));
             if let Err(source) = result {
                 return match CgroupError::errno_of(&source) {
@@ -277,6 +299,14 @@ impl Sandbox {
             }
         }
         Ok(None)
+    }
+
+    /// Where the non-vCPU threads go in `hier`.
+    fn other_dir<'h>(&self, hier: &'h Hier) -> &'h Path {
+        match (&self.config.mode, &hier.overhead) {
+            (PlacementMode::Split, Some(overhead)) => overhead,
+            _ => &hier.sandbox,
+        }
     }
 
     /// The CPUs the sandbox's vCPUs may use: the sandbox cpuset's effective
@@ -311,6 +341,14 @@ impl Sandbox {
         }
         Ok(cpus)
     }
+}
+
+/// The threads in cgroup `dir` of `hier` (none when it cannot be read:
+/// then every thread is moved, as before this check existed).
+fn members(hier: &Hier, dir: &Path) -> HashSet<i32> {
+    std::fs::read_to_string(interface_file(hier, dir))
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// Moves a vCPU thread into the constrained cgroup of one hierarchy.

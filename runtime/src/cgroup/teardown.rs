@@ -13,6 +13,8 @@ use super::fsio::{self, Removal};
 use super::layout::Hier;
 use super::path::OVERHEAD_ROOT;
 use super::sandbox::Sandbox;
+use super::selfmove::{self, Spot};
+use super::PlacementMode;
 use crate::sweep::{self, SweepReport};
 
 impl Sandbox {
@@ -28,7 +30,15 @@ impl Sandbox {
             return Ok(());
         }
         self.closed = true;
-        let problems = undo(&self.hiers, &self.restore_only);
+        // This thread goes home by itself first (cheap, see `selfmove`); once
+        // the VM's threads have exited, that leaves only threads that were
+        // moved by TID to drain.
+        let mut problems: Vec<CgroupError> =
+            selfmove::enter(&self.hiers, self.config.mode, Spot::Origin)
+                .err()
+                .into_iter()
+                .collect();
+        problems.extend(undo(&self.hiers, &self.restore_only));
         if let Some(scope) = &self.scope {
             if let Err(reason) = scope.stop() {
                 tracing::warn!(sandbox = %self.config.sandbox_id, "{reason}");
@@ -46,6 +56,7 @@ impl Sandbox {
             sandbox_id: self.config.sandbox_id.clone(),
             hiers: self.hiers.clone(),
             restore_only: self.restore_only.clone(),
+            mode: self.config.mode,
         }
     }
 }
@@ -60,9 +71,18 @@ pub struct TeardownHandle {
     sandbox_id: String,
     hiers: Vec<Hier>,
     restore_only: Vec<Hier>,
+    mode: PlacementMode,
 }
 
 impl TeardownHandle {
+    /// Moves the calling thread (only it) back to the cgroups the process
+    /// came from, cheaply (see [`Spot`]): for a long-lived thread of the
+    /// front end (`corral run`'s signal thread) before the owner's
+    /// teardown, so that teardown writes no TID.
+    pub fn go_home(&self) -> Result<(), CgroupError> {
+        selfmove::enter(&self.hiers, self.mode, Spot::Origin)
+    }
+
     /// Moves every thread back to where the process came from and removes
     /// the sandbox's cgroups, deepest first; reports problems together.
     pub fn run(&self) -> Result<(), CgroupError> {

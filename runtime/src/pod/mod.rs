@@ -13,11 +13,13 @@ pub use spec::{container_spec, ContainerSpecError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use corral_vmm::{ShutdownHandle, VmConfig, VmExit, Vmm, VmmError};
+use corral_vmm::{
+    PlacementHookError, ShutdownHandle, SpawnPlacement, VmConfig, VmExit, Vmm, VmmError,
+};
 use tracing::info;
 
 use crate::agent::{AgentCallError, AgentClient, AGENT_VSOCK_PORT};
-use crate::cgroup::{CgroupConfig, CgroupError, Sandbox};
+use crate::cgroup::{CgroupConfig, CgroupError, Sandbox, Spot};
 
 /// What a pod is made of.
 #[derive(Debug)]
@@ -87,20 +89,44 @@ pub struct Pod {
 impl Pod {
     /// Creates the VM and places its threads; the guest does not run
     /// until [`Pod::start`].
+    ///
+    /// With cgroups, the sandbox's cgroups are made on a thread of their
+    /// own (`cgroup-setup`) while this one builds the VM, and the VM's
+    /// threads are born in place: before the first of them this thread
+    /// moves itself to the overhead cgroup, around the vCPU threads'
+    /// spawning to the vCPU cgroup and back (see [`crate::cgroup::Spot`]).
+    /// No TID is written for them, so the kernel never waits for an RCU
+    /// grace period on this path. [`Sandbox::place`] then checks every
+    /// thread, moves any that existed before (a tokio pool), and pins
+    /// vCPUs.
     pub fn create(config: PodConfig) -> Result<Pod, PodError> {
         let vsock_socket = config.vm.vsock.as_ref().map(|v| v.uds_path.clone());
         let disks: Vec<PathBuf> = config.vm.disks.iter().map(|d| d.path.clone()).collect();
-        let vmm = Vmm::create(config.vm).map_err(PodError::Vm)?;
-        let sandbox = match config.cgroup {
-            Some(mut cgroup) => {
-                cgroup.disks = disks;
-                Some(place(&cgroup, &vmm)?)
-            }
-            None => None,
+        let Some(mut cgroup) = config.cgroup else {
+            let vmm = Vmm::create(config.vm).map_err(PodError::Vm)?;
+            return Ok(Pod {
+                vmm,
+                sandbox: None,
+                vsock_socket,
+            });
         };
+        cgroup.disks = disks;
+        let mut hook = SpawnHook::start(cgroup.clone()).map_err(PodError::Cgroups)?;
+        let created = Vmm::create_placed(config.vm, &mut hook);
+        // On error the sandbox is dropped: that takes this thread home and
+        // removes its cgroups.
+        let made = hook.finish();
+        let (vmm, mut sandbox) = match (created, made) {
+            (Ok(vmm), Ok(sandbox)) => (vmm, sandbox),
+            // The VM's own problem comes first, as when it was built alone.
+            (Err(e), _) if !matches!(e, VmmError::Placement(_)) => return Err(PodError::Vm(e)),
+            (_, Err(e)) => return Err(PodError::Cgroups(e)),
+            (Err(e), Ok(_)) => return Err(PodError::Vm(e)),
+        };
+        place(&mut sandbox, &cgroup, &vmm)?;
         Ok(Pod {
             vmm,
-            sandbox,
+            sandbox: Some(sandbox),
             vsock_socket,
         })
     }
@@ -149,10 +175,52 @@ impl Pod {
 
     /// Joins the VM's threads, logs the CPU time of vCPUs and of the rest,
     /// and the sandbox's usage, then removes its cgroups.
+    ///
+    /// With cgroups, the VM's memory and KVM fds are released on a thread
+    /// of their own (`vm-release`) while this one removes the cgroups: the
+    /// kernel's removal of the memory slot waits for an SRCU grace period
+    /// (1.5–5.5 ms on the hosts here), which then costs the exit nothing
+    /// extra. The thread is born after this one went home, so it keeps no
+    /// cgroup of the sandbox busy.
     pub fn teardown(self) -> Result<(), CgroupError> {
-        let Pod { vmm, sandbox, .. } = self;
+        let Pod {
+            mut vmm, sandbox, ..
+        } = self;
         let vcpu: Duration = vmm.vcpu_cpu_times().iter().sum();
-        drop(vmm);
+        let result = match sandbox {
+            None => {
+                drop(vmm);
+                Ok(())
+            }
+            Some(mut sandbox) => {
+                vmm.stop_threads();
+                if let Err(e) = sandbox.enter(Spot::Origin) {
+                    tracing::debug!("cgroups: this thread cannot go home by itself: {e}");
+                }
+                let release = std::thread::Builder::new()
+                    .name("vm-release".into())
+                    .spawn(move || {
+                        let tid = corral_vmm::threads::gettid();
+                        tracing::debug!("vm-release thread has TID {tid}");
+                        drop(vmm);
+                    })
+                    .map_err(|e| {
+                        tracing::debug!("cannot start vm-release ({e}); releasing here");
+                        e
+                    });
+                if tracing::enabled!(tracing::Level::INFO) {
+                    match sandbox.stats() {
+                        Ok(stats) => info!("cgroups: stats {stats:?}"),
+                        Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
+                    }
+                }
+                let result = sandbox.teardown();
+                if let Ok(release) = release {
+                    let _ = release.join();
+                }
+                result
+            }
+        };
         let process = process_cpu_time();
         info!(
             "cpu: vCPU threads {} ms, every other thread {} ms (process total {} ms)",
@@ -160,25 +228,85 @@ impl Pod {
             process.saturating_sub(vcpu).as_millis(),
             process.as_millis()
         );
-        let Some(mut sandbox) = sandbox else {
-            return Ok(());
-        };
-        match sandbox.stats() {
-            Ok(stats) => info!("cgroups: stats {stats:?}"),
-            Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
-        }
-        sandbox.teardown()
+        result
     }
 }
 
-/// Creates the sandbox's cgroups and places the VM's threads.
-fn place(config: &CgroupConfig, vmm: &Vmm) -> Result<Sandbox, PodError> {
-    let mut sandbox = Sandbox::create(config).map_err(PodError::Cgroups)?;
+/// Makes the sandbox's cgroups on their own thread while the VM is built,
+/// then moves the creating thread around the spawning of the VM's threads.
+struct SpawnHook {
+    setup: Option<std::thread::JoinHandle<Result<Sandbox, CgroupError>>>,
+    made: Option<Result<Sandbox, CgroupError>>,
+}
+
+impl SpawnHook {
+    fn start(config: CgroupConfig) -> Result<Self, CgroupError> {
+        let setup = std::thread::Builder::new()
+            .name("cgroup-setup".into())
+            .spawn(move || {
+                let tid = corral_vmm::threads::gettid();
+                tracing::debug!("cgroup-setup thread has TID {tid}");
+                Sandbox::create(&config)
+            })
+            .map_err(CgroupError::SetupThread)?;
+        Ok(SpawnHook {
+            setup: Some(setup),
+            made: None,
+        })
+    }
+
+    /// Waits for the set-up thread (once).
+    fn join(&mut self) {
+        if let Some(setup) = self.setup.take() {
+            self.made = Some(setup.join().unwrap_or(Err(CgroupError::SetupPanicked)));
+        }
+    }
+
+    /// The sandbox, once made.
+    fn sandbox(&mut self) -> Result<&Sandbox, PlacementHookError> {
+        self.join();
+        match &self.made {
+            Some(Ok(sandbox)) => Ok(sandbox),
+            Some(Err(e)) => Err(e.to_string().into()),
+            None => Err(CgroupError::SetupPanicked.to_string().into()),
+        }
+    }
+
+    /// The sandbox or why it could not be made.
+    fn finish(mut self) -> Result<Sandbox, CgroupError> {
+        self.join();
+        self.made.take().unwrap_or(Err(CgroupError::SetupPanicked))
+    }
+}
+
+impl SpawnPlacement for SpawnHook {
+    fn before_threads(&mut self) -> Result<(), PlacementHookError> {
+        Ok(self.sandbox()?.enter(Spot::Overhead)?)
+    }
+    fn before_vcpus(&mut self) -> Result<(), PlacementHookError> {
+        Ok(self.sandbox()?.enter(Spot::Vcpu)?)
+    }
+    fn after_vcpus(&mut self) -> Result<(), PlacementHookError> {
+        Ok(self.sandbox()?.enter(Spot::Overhead)?)
+    }
+}
+
+/// Checks (and completes) the placement of the VM's threads, pins vCPUs.
+fn place(sandbox: &mut Sandbox, config: &CgroupConfig, vmm: &Vmm) -> Result<(), PodError> {
     let report = sandbox
         .place(&vmm.vcpu_tids(), &vmm.other_tids())
         .map_err(PodError::Place)?;
     let placed = Instant::now();
     for (v, spawned) in report.vcpus.iter().zip(vmm.vcpu_spawned_at()) {
+        if v.inherited {
+            info!(
+                "cgroups: vcpu{} (TID {}) was spawned into its cgroups; checked {} µs after",
+                v.index,
+                v.tid,
+                placed.duration_since(spawned).as_micros(),
+            );
+            continue;
+        }
         info!(
             "cgroups: vcpu{} (TID {}) placed {} µs after its thread was spawned (the move itself took {} µs)",
             v.index,
@@ -196,7 +324,7 @@ fn place(config: &CgroupConfig, vmm: &Vmm) -> Result<Sandbox, PodError> {
         sandbox.driver().kind,
         sandbox.paths()
     );
-    Ok(sandbox)
+    Ok(())
 }
 
 /// CPU time of the whole process so far (joined threads included).

@@ -57,10 +57,13 @@ pub(crate) fn create_vcpus(
     protocol: &BootProtocol,
 ) -> Result<Vec<Vcpu>, VcpuError> {
     kick::install_handler().map_err(VcpuError::Signal)?;
-    let supported = vm
+    let mut supported = vm
         .kvm()
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VcpuError::SupportedCpuid)?;
+    if vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        cpuid::offer_tsc_deadline(&mut supported);
+    }
     let mut msrs = msr::boot_msrs();
     msrs.extend(msr::feature_msrs(vm.kvm()));
     (0..count)

@@ -1,7 +1,7 @@
 //! Per-vCPU CPUID: what KVM supports on this host (`KVM_GET_SUPPORTED_CPUID`),
 //! with the topology rewritten so that vCPU `i` has APIC ID `i` and the
 //! guest sees one socket of `n` single-threaded cores, and the hypervisor
-//! bit set.
+//! bit set; and the TSC-deadline timer offered where KVM emulates it.
 //!
 //! The topology leaves are rebuilt rather than patched: KVM may list only
 //! some of their subleaves (this project's PVM hosts list subleaf 0 of 0xB
@@ -20,6 +20,7 @@ const LEAF_AMD_CACHE: u32 = 0x8000_001d;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units (64 bytes).
 const CLFLUSH_LINE: u32 = 8;
@@ -27,6 +28,19 @@ const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 /// "AuthenticAMD" ends in "cAMD", leaf 0's ECX.
 const AMD_VENDOR_ECX: u32 = u32::from_le_bytes(*b"cAMD");
+
+/// Offers the TSC-deadline LAPIC timer in leaf 1. KVM emulates it in its
+/// in-kernel LAPIC whatever the host CPU has, but reports it through
+/// `KVM_CAP_TSC_DEADLINE_TIMER` rather than in the supported CPUID, so a
+/// VMM sets the bit itself (as Firecracker and Cloud Hypervisor do). With
+/// it a Linux guest needs no PIT to calibrate its LAPIC timer.
+pub fn offer_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == LEAF_FEATURES {
+            e.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
+}
 
 /// Rewrites `cpuid` (a copy of the supported set) for vCPU `index` of `vcpus`.
 pub fn configure(cpuid: &CpuId, index: u32, vcpus: u32) -> CpuId {
@@ -123,6 +137,15 @@ mod tests {
             .iter()
             .find(|e| e.function == function && e.index == index)
             .unwrap_or_else(|| panic!("no leaf {function:#x}.{index}"))
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_in_leaf_1_only() {
+        let mut c = CpuId::from_entries(&[entry(1, 0, 7), entry(7, 0, 0)]).unwrap();
+        offer_tsc_deadline(&mut c);
+        assert_eq!(find(&c, 1, 0).ecx, ECX_TSC_DEADLINE);
+        assert_eq!(find(&c, 1, 0).eax, 7);
+        assert_eq!(find(&c, 7, 0).ecx, 0);
     }
 
     #[test]
