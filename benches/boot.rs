@@ -18,6 +18,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use corral_runtime::cgroup::CgroupConfig;
+use corral_runtime::pod::{Pod, PodConfig};
 use corral_vmm::{ConsoleOutput, VmExit, Vmm};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -73,6 +75,35 @@ fn boot(c: &mut Criterion) {
                     let mut vmm = Vmm::boot(config()).unwrap();
                     assert_eq!(vmm.wait(), VmExit::PowerOff);
                     drop(vmm);
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    for (name, placed) in [
+        ("pod_create_to_teardown", false),
+        ("pod_create_to_teardown_placed", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let cgroup = placed.then(|| {
+                        let mut c =
+                            CgroupConfig::new(format!("corral-bench-{}", std::process::id()));
+                        c.parent = "/corral-bench".to_string();
+                        c
+                    });
+                    let mut pod = Pod::create(PodConfig {
+                        vm: boot_config(),
+                        cgroup,
+                    })
+                    .unwrap();
+                    pod.start();
+                    assert_eq!(pod.wait(), VmExit::PowerOff);
+                    pod.teardown().unwrap();
                     total += start.elapsed();
                 }
                 total

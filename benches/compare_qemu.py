@@ -17,7 +17,11 @@ two parallel streams (2 cores here) for S seconds and prints VMs/s.
 `corral+cg` is `corral run --cgroup-parent /corral-bench` (split
 placement: the vCPU thread in the sandbox's cgroup, every other thread in
 its unconstrained sibling, in every mounted hierarchy); the difference to
-`corral` is what placement costs. Needs root for that row.
+`corral` is what placement costs. Needs root for that row. The parent is
+made once, before the runs, in every hierarchy, as a host's kubepods or
+systemd slice exists before any pod: a run that has to make it (and, on
+cgroup v1, the host's first cpuset cgroup besides the root, which flips a
+kernel static key with IPIs to every CPU) pays that too.
 
 With --test-guest, Corral and QEMU boot Corral's own test guest instead
 (workload=boot: ring 3, boot timer, MMIO power-off); Cloud Hypervisor
@@ -119,6 +123,21 @@ def throughput(cmd, seconds, streams=2):
     return sum(done) / (time.perf_counter() - start)
 
 
+def make_parent(name):
+    """Makes /<name> in every writable cgroup hierarchy; returns those made."""
+    made = []
+    for mount in sorted(os.listdir("/sys/fs/cgroup")):
+        path = os.path.join("/sys/fs/cgroup", mount, name.strip("/"))
+        if os.path.islink(os.path.join("/sys/fs/cgroup", mount)) or os.path.exists(path):
+            continue
+        try:
+            os.mkdir(path)
+            made.append(path)
+        except OSError:
+            pass  # a read-only or unused hierarchy
+    return made
+
+
 def spread(values):
     return min(values), statistics.median(values), max(values)
 
@@ -156,7 +175,9 @@ def main():
 
     tg = args.test_guest
     vmms = {"corral": corral_cmd(args.corral, guest, tg)}
+    made_parents = []
     if not args.no_placement:
+        made_parents = make_parent(CGROUP_PARENT)
         vmms["corral+cg"] = vmms["corral"] + ["--cgroup-parent", CGROUP_PARENT]
     vmms["qemu"] = qemu_cmd(guest, tg)
     if args.ch and not tg:
@@ -209,6 +230,15 @@ def main():
     if "no-seccomp" in med:
         ratio("corral", "no-seccomp", "seccomp filters on / off")
     shutil.rmtree(tmp, ignore_errors=True)
+    for path in made_parents:
+        # Concurrent runs (the throughput streams) can leave an empty
+        # corral_overhead beneath it: no run removes what another made.
+        for sub in (os.path.join(path, "corral_overhead"), path):
+            try:
+                if os.path.isdir(sub):
+                    os.rmdir(sub)
+            except OSError as e:
+                print(f"cannot remove {sub}: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use corral_devices::boot_timer::BootTime;
 use thiserror::Error;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 use vmm_sys_util::signal::Killable;
 
 use crate::config::{VmConfig, VmConfigError};
@@ -27,12 +27,13 @@ use crate::platform::{Platform, PlatformError};
 use crate::seccomp::{SeccompPolicy, ThreadFilter, ThreadKind};
 use crate::threads::{NamedThread, Tid};
 use crate::vcpu::run::{vcpu_thread, VcpuContext};
-use crate::vcpu::{create_vcpus, kick, StartGate, Vcpu, VcpuError};
+use crate::vcpu::{create_vcpus, kick, HostCpu, StartGate, Vcpu, VcpuError};
 use crate::virtio_devices::{self, AttachedDevices, DeviceError, Slot, VirtioDeviceInfo};
 use crate::vm::{Vm, VmError};
 use crate::x86_64::acpi::{setup_acpi, AcpiError};
 use crate::x86_64::boot_params::{write_pvh, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MpTableError, MAX_MPTABLE_VCPUS};
+use kvm_ioctls::Kvm;
 
 /// A VM could not be built.
 #[derive(Debug, Error)]
@@ -183,7 +184,21 @@ impl Vmm {
         config.validate()?;
         let created = Instant::now();
         let mem_size = config.memory_bytes();
+        // Per-step timestamps at debug level (`--log corral_vmm=debug`):
+        // where creation's time goes.
+        let step = |what: &str| debug!("create: {what} at +{} µs", created.elapsed().as_micros());
+        // KVM's CPUID and MSR lists are asked for meanwhile (see `HostCpu`).
+        // The thread ends before any of the VM's threads exists.
+        let host = std::thread::Builder::new()
+            .name("kvm-query".into())
+            .spawn(|| {
+                debug!("kvm-query thread has TID {}", crate::threads::gettid());
+                let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+                HostCpu::query(&kvm).map_err(VmmError::Vcpu)
+            })
+            .map_err(|e| VmmError::Thread("kvm-query", e))?;
         let vm = Vm::new(mem_size)?;
+        step("VM, memory slot and irqchip");
         check_vcpu_limit(config.vcpus, vm.max_vcpus())?;
 
         let kernel = load_kernel(vm.memory(), mem_size, &config.kernel)?;
@@ -192,6 +207,7 @@ impl Vmm {
             .as_ref()
             .map(|file| load_initrd(vm.memory(), &kernel, file))
             .transpose()?;
+        step("kernel and initrd loaded");
         let slots = virtio_devices::slots(&config)?;
         let cmdline = guest_cmdline(&config.cmdline, &slots);
         let cmdline_len = load_cmdline(vm.memory(), &kernel, &cmdline)?;
@@ -204,6 +220,7 @@ impl Vmm {
             }
         }
 
+        step("boot tables written");
         let exit = Arc::new(ExitState::new().map_err(|e| VmmError::Thread("exit event", e))?);
         let boot_time = BootTime::default();
         let (console_out, console_flusher) =
@@ -216,9 +233,22 @@ impl Vmm {
             })?;
         let mut platform =
             Platform::new(&vm, console_out, exit.clone(), created, boot_time.clone())?;
+        step("platform devices");
+        let host = host
+            .join()
+            .map_err(|_| VmmError::Thread("kvm-query", io::Error::other("it panicked")))??;
+        let mut vcpus = create_vcpus(&vm, &host, config.vcpus, &kernel.protocol)?;
+        step("vCPUs created and configured");
         placement.before_threads().map_err(VmmError::Placement)?;
+        step("placement: before the first thread");
+        // KVM's first-KVM_RUN set-up starts its NX huge-page recovery
+        // worker, a thread of this process: after the placement hook, so
+        // that it is born where the VMM's threads go (`Vcpu::first_run_setup`).
+        if let Some(boot_vcpu) = vcpus.first_mut() {
+            boot_vcpu.first_run_setup();
+        }
         let mut devices = virtio_devices::attach(&vm, &mut platform.mmio, &config, &slots, &exit)?;
-        let vcpus = create_vcpus(&vm, config.vcpus, &kernel.protocol)?;
+        step("virtio devices and their workers");
 
         let mut subscribers: Vec<Subscriber> = console_flusher.into_iter().collect();
         if config.console.input == ConsoleInput::Stdin {
@@ -244,6 +274,7 @@ impl Vmm {
             threads: Vec::with_capacity(vcpus.len()),
             cpu_time_ns: Vec::with_capacity(vcpus.len()),
         };
+        step("vmm-io spawned");
         placement.before_vcpus().map_err(VmmError::Placement)?;
         let context = || VcpuContext {
             pio: pio.clone(),
@@ -255,6 +286,7 @@ impl Vmm {
         let spawned = spawn_vcpu_threads(vcpus, &mut threads, config.seccomp, &exit, context);
         placement.after_vcpus().map_err(VmmError::Placement)?;
         spawned?;
+        step("vCPU threads spawned and placed");
         for thread in &mut threads.threads {
             thread.tid().map_err(|e| VmmError::Thread("vCPU", e))?;
         }
@@ -378,10 +410,9 @@ impl Vmm {
 
 impl Vmm {
     /// Stops and joins every thread of the VM (vCPUs, `vmm-io`, device
-    /// workers), leaving guest memory and the KVM fds to the drop: a
-    /// runtime can then remove the VM's cgroups, now empty, while another
-    /// thread drops the `Vmm` (whose memory-slot removal waits for the
-    /// kernel). Idempotent; the drop does it too.
+    /// workers), leaving guest memory and the KVM fds to the drop (KVM's
+    /// own worker thread of the VM ends only then). Idempotent; the drop
+    /// does it too.
     pub fn stop_threads(&mut self) {
         self.exit.record(VmExit::HostShutdown);
         self.vcpus.stop();

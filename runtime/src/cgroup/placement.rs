@@ -72,6 +72,10 @@ pub struct PlacementReport {
     pub other_tids: Vec<i32>,
     /// Threads left alone, with the reason.
     pub skipped: Vec<SkippedThread>,
+    /// Threads whose TID was written (moved by another thread, which
+    /// costs the kernel an RCU grace period after idle): those not born in
+    /// place (see `selfmove`).
+    pub moved_by_tid: Vec<i32>,
     /// What was done with vCPU affinity.
     pub pinning: PinDecision,
     /// v2: time of the whole-process move into the domain, in µs (`None`
@@ -171,6 +175,7 @@ impl Sandbox {
             .map(|h| members(h, self.other_dir(h)))
             .collect();
 
+        let mut moved_by_tid = Vec::new();
         let mut vcpus = Vec::with_capacity(vcpu_tids.len());
         for (index, &tid) in vcpu_tids.iter().enumerate() {
             let t0 = Instant::now();
@@ -187,6 +192,9 @@ impl Sandbox {
             if let Some(cpus) = &cpus {
                 affinity::apply_affinity(tid, cpus)?;
             }
+            if !inherited && !whole_process_only {
+                moved_by_tid.push(tid);
+            }
             vcpus.push(VcpuPlacement {
                 index,
                 tid,
@@ -199,13 +207,19 @@ impl Sandbox {
         let mut placed = Vec::new();
         let mut new_warnings = Vec::new();
         for tid in others {
+            let there = in_overhead.iter().all(|set| set.contains(&tid));
             let outcome = if whole_process_only {
                 None
             } else {
                 self.move_other(tid, &in_overhead)?
             };
             match outcome {
-                None => placed.push(tid),
+                None => {
+                    if !there && !whole_process_only {
+                        moved_by_tid.push(tid);
+                    }
+                    placed.push(tid)
+                }
                 Some(reason) => {
                     if reason == SkipReason::Unmovable {
                         new_warnings.push(format!(
@@ -228,6 +242,7 @@ impl Sandbox {
             vcpus,
             other_tids: placed,
             skipped,
+            moved_by_tid,
             pinning,
             process_move_us,
             total_us: micros(started.elapsed()),

@@ -19,7 +19,7 @@ use corral_vmm::{
 use tracing::info;
 
 use crate::agent::{AgentCallError, AgentClient, AGENT_VSOCK_PORT};
-use crate::cgroup::{CgroupConfig, CgroupError, Sandbox, Spot};
+use crate::cgroup::{CgroupConfig, CgroupError, PlacementReport, Sandbox, Spot};
 
 /// What a pod is made of.
 #[derive(Debug)]
@@ -84,6 +84,11 @@ pub struct Pod {
     vmm: Vmm,
     sandbox: Option<Sandbox>,
     vsock_socket: Option<PathBuf>,
+    /// Time spent placing on the creating thread: its own moves around
+    /// the spawning, and the check (and TID moves) of `Sandbox::place`.
+    placement: Duration,
+    /// What `Sandbox::place` found and did.
+    report: Option<PlacementReport>,
 }
 
 impl Pod {
@@ -108,6 +113,8 @@ impl Pod {
                 vmm,
                 sandbox: None,
                 vsock_socket,
+                placement: Duration::ZERO,
+                report: None,
             });
         };
         cgroup.disks = disks;
@@ -115,6 +122,7 @@ impl Pod {
         let created = Vmm::create_placed(config.vm, &mut hook);
         // On error the sandbox is dropped: that takes this thread home and
         // removes its cgroups.
+        let hook_time = hook.spent;
         let made = hook.finish();
         let (vmm, mut sandbox) = match (created, made) {
             (Ok(vmm), Ok(sandbox)) => (vmm, sandbox),
@@ -123,12 +131,30 @@ impl Pod {
             (_, Err(e)) => return Err(PodError::Cgroups(e)),
             (Err(e), Ok(_)) => return Err(PodError::Vm(e)),
         };
-        place(&mut sandbox, &cgroup, &vmm)?;
+        let checked = Instant::now();
+        let report = place(&mut sandbox, &cgroup, &vmm)?;
+        let placement = hook_time + checked.elapsed();
         Ok(Pod {
             vmm,
             sandbox: Some(sandbox),
             vsock_socket,
+            placement,
+            report: Some(report),
         })
+    }
+
+    /// Time the creating thread spent placing threads in cgroups (zero
+    /// without cgroups): its own moves around the spawning (waiting for
+    /// the cgroups to be made included) and `Sandbox::place`.
+    pub fn placement_time(&self) -> Duration {
+        self.placement
+    }
+
+    /// What the placement check found and did (`None` without cgroups):
+    /// with threads born in place, every vCPU is `inherited` and no TID
+    /// was written.
+    pub fn placement_report(&self) -> Option<&PlacementReport> {
+        self.report.as_ref()
     }
 
     /// Lets the guest run.
@@ -173,54 +199,21 @@ impl Pod {
         Ok(AgentClient::connect(socket, AGENT_VSOCK_PORT, deadline).await?)
     }
 
-    /// Joins the VM's threads, logs the CPU time of vCPUs and of the rest,
-    /// and the sandbox's usage, then removes its cgroups.
+    /// Joins the VM's threads, releases its memory and KVM fds, logs the
+    /// CPU time of vCPUs and of the rest, and the sandbox's usage, then
+    /// removes its cgroups.
     ///
-    /// With cgroups, the VM's memory and KVM fds are released on a thread
-    /// of their own (`vm-release`) while this one removes the cgroups: the
-    /// kernel's removal of the memory slot waits for an SRCU grace period
-    /// (1.5–5.5 ms on the hosts here), which then costs the exit nothing
-    /// extra. The thread is born after this one went home, so it keeps no
-    /// cgroup of the sandbox busy.
+    /// The VM goes first, whole: KVM's NX huge-page recovery worker, a
+    /// thread of this process in the overhead cgroup, ends only when the VM
+    /// fd closes, and a cgroup teardown racing with it would move it by TID
+    /// (an RCU grace period: a 30 ms exit, seen here). Then this thread goes
+    /// home by itself and the empty cgroups are removed: no TID is written
+    /// when the front end's other threads went home first (`corral run`'s
+    /// signal thread does).
     pub fn teardown(self) -> Result<(), CgroupError> {
-        let Pod {
-            mut vmm, sandbox, ..
-        } = self;
+        let Pod { vmm, sandbox, .. } = self;
         let vcpu: Duration = vmm.vcpu_cpu_times().iter().sum();
-        let result = match sandbox {
-            None => {
-                drop(vmm);
-                Ok(())
-            }
-            Some(mut sandbox) => {
-                vmm.stop_threads();
-                if let Err(e) = sandbox.enter(Spot::Origin) {
-                    tracing::debug!("cgroups: this thread cannot go home by itself: {e}");
-                }
-                let release = std::thread::Builder::new()
-                    .name("vm-release".into())
-                    .spawn(move || {
-                        let tid = corral_vmm::threads::gettid();
-                        tracing::debug!("vm-release thread has TID {tid}");
-                        drop(vmm);
-                    })
-                    .map_err(|e| {
-                        tracing::debug!("cannot start vm-release ({e}); releasing here");
-                        e
-                    });
-                if tracing::enabled!(tracing::Level::INFO) {
-                    match sandbox.stats() {
-                        Ok(stats) => info!("cgroups: stats {stats:?}"),
-                        Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
-                    }
-                }
-                let result = sandbox.teardown();
-                if let Ok(release) = release {
-                    let _ = release.join();
-                }
-                result
-            }
-        };
+        drop(vmm);
         let process = process_cpu_time();
         info!(
             "cpu: vCPU threads {} ms, every other thread {} ms (process total {} ms)",
@@ -228,7 +221,16 @@ impl Pod {
             process.saturating_sub(vcpu).as_millis(),
             process.as_millis()
         );
-        result
+        let Some(mut sandbox) = sandbox else {
+            return Ok(());
+        };
+        if tracing::enabled!(tracing::Level::INFO) {
+            match sandbox.stats() {
+                Ok(stats) => info!("cgroups: stats {stats:?}"),
+                Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
+            }
+        }
+        sandbox.teardown()
     }
 }
 
@@ -237,6 +239,9 @@ impl Pod {
 struct SpawnHook {
     setup: Option<std::thread::JoinHandle<Result<Sandbox, CgroupError>>>,
     made: Option<Result<Sandbox, CgroupError>>,
+    /// Time this thread spent in the hooks (waiting for the set-up thread
+    /// included).
+    spent: Duration,
 }
 
 impl SpawnHook {
@@ -252,6 +257,7 @@ impl SpawnHook {
         Ok(SpawnHook {
             setup: Some(setup),
             made: None,
+            spent: Duration::ZERO,
         })
     }
 
@@ -279,20 +285,34 @@ impl SpawnHook {
     }
 }
 
+impl SpawnHook {
+    /// Moves this thread to `spot`, timed.
+    fn enter(&mut self, spot: Spot) -> Result<(), PlacementHookError> {
+        let t0 = Instant::now();
+        let result = self.sandbox().and_then(|s| Ok(s.enter(spot)?));
+        self.spent += t0.elapsed();
+        result
+    }
+}
+
 impl SpawnPlacement for SpawnHook {
     fn before_threads(&mut self) -> Result<(), PlacementHookError> {
-        Ok(self.sandbox()?.enter(Spot::Overhead)?)
+        self.enter(Spot::Overhead)
     }
     fn before_vcpus(&mut self) -> Result<(), PlacementHookError> {
-        Ok(self.sandbox()?.enter(Spot::Vcpu)?)
+        self.enter(Spot::Vcpu)
     }
     fn after_vcpus(&mut self) -> Result<(), PlacementHookError> {
-        Ok(self.sandbox()?.enter(Spot::Overhead)?)
+        self.enter(Spot::Overhead)
     }
 }
 
 /// Checks (and completes) the placement of the VM's threads, pins vCPUs.
-fn place(sandbox: &mut Sandbox, config: &CgroupConfig, vmm: &Vmm) -> Result<(), PodError> {
+fn place(
+    sandbox: &mut Sandbox,
+    config: &CgroupConfig,
+    vmm: &Vmm,
+) -> Result<PlacementReport, PodError> {
     let report = sandbox
         .place(&vmm.vcpu_tids(), &vmm.other_tids())
         .map_err(PodError::Place)?;
@@ -324,7 +344,7 @@ fn place(sandbox: &mut Sandbox, config: &CgroupConfig, vmm: &Vmm) -> Result<(), 
         sandbox.driver().kind,
         sandbox.paths()
     );
-    Ok(())
+    Ok(report)
 }
 
 /// CPU time of the whole process so far (joined threads included).

@@ -217,6 +217,7 @@ impl PodVm {
             leftovers.save();
         }
         phases.push(("VM create + placement", t1.elapsed()));
+        phases.push(("  of which placement", pod.placement_time()));
         let t2 = Instant::now();
         pod.start();
         let shutdown = pod.shutdown_handle();
