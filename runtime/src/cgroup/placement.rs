@@ -254,6 +254,7 @@ impl Sandbox {
             vcpus = report.vcpus.len(),
             others = report.other_tids.len(),
             skipped = report.skipped.len(),
+            moved_by_tid = report.moved_by_tid.len(),
             total_us = report.total_us,
             "threads placed"
         );
