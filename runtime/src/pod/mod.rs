@@ -213,7 +213,14 @@ impl Pod {
     pub fn teardown(self) -> Result<(), CgroupError> {
         let Pod { vmm, sandbox, .. } = self;
         let vcpu: Duration = vmm.vcpu_cpu_times().iter().sum();
+        let started = Instant::now();
         drop(vmm);
+        // Mostly the kernel's SRCU grace period for the memory slot's
+        // removal: 1.5–10 ms on the hosts here.
+        tracing::debug!(
+            "teardown: VM released in {} µs",
+            started.elapsed().as_micros()
+        );
         let process = process_cpu_time();
         info!(
             "cpu: vCPU threads {} ms, every other thread {} ms (process total {} ms)",
@@ -230,7 +237,13 @@ impl Pod {
                 Err(e) => tracing::warn!("cgroups: cannot read stats: {e}"),
             }
         }
-        sandbox.teardown()
+        let started = Instant::now();
+        let result = sandbox.teardown();
+        tracing::debug!(
+            "teardown: cgroups removed in {} µs",
+            started.elapsed().as_micros()
+        );
+        result
     }
 }
 
