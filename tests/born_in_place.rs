@@ -17,13 +17,7 @@ use corral_runtime::cgroup::{CgroupConfig, CgroupVersion, PlacementMode};
 use corral_runtime::pod::{Pod, PodConfig};
 use corral_vmm::{ConsoleOutput, VmExit};
 
-fn ids(file: &Path) -> BTreeSet<i32> {
-    std::fs::read_to_string(file)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
+use common::ids;
 
 #[test]
 fn v1_pod_threads_are_born_in_place_and_no_vm_thread_is_moved_by_tid() {

@@ -22,13 +22,7 @@ use std::time::{Duration, Instant};
 use corral_runtime::cgroup::{CgroupConfig, CgroupVersion, PlacementMode, Sandbox};
 use corral_vmm::{VmExit, Vmm};
 
-fn ids(file: &Path) -> BTreeSet<i32> {
-    std::fs::read_to_string(file)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
+use common::ids;
 
 fn process_threads() -> BTreeSet<i32> {
     common::threads().into_keys().collect()

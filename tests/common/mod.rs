@@ -170,3 +170,12 @@ pub const QEMU_BARE: [&str; 4] = ["-nodefaults", "-no-user-config", "-nographic"
 
 /// QEMU with KVM and the host CPU, minus the feature this KVM refuses.
 pub const QEMU_KVM: [&str; 4] = ["-accel", "kvm", "-cpu", "host,-arch-capabilities"];
+
+/// The TIDs listed in a cgroup task file (`tasks`, `cgroup.threads`).
+pub fn ids(file: &std::path::Path) -> std::collections::BTreeSet<i32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
