@@ -23,6 +23,10 @@ systemd slice exists before any pod: a run that has to make it (and, on
 cgroup v1, the host's first cpuset cgroup besides the root, which flips a
 kernel static key with IPIs to every CPU) pays that too.
 
+With --edge PATH it adds `edge` and `edge+cg`: the static edge build
+(scripts/build-edge), which is the `corral` users install; `corral` is
+the dynamically linked development build (target/release).
+
 With --test-guest, Corral and QEMU boot Corral's own test guest instead
 (workload=boot: ring 3, boot timer, MMIO power-off); Cloud Hypervisor
 cannot end that guest, so it is left out.
@@ -147,7 +151,8 @@ def main():
     ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--corral", default=os.path.join(ROOT, "target/release/corral"))
     ap.add_argument("--ch", help="a cloud-hypervisor binary to compare with")
-    ap.add_argument("--edge", help="also run this static edge build of corral")
+    ap.add_argument("--edge", help="also run this static edge build of corral (the `corral` "
+                    "users install), with and without placement")
     ap.add_argument("--seccomp-off", action="store_true",
                     help="also run corral with --seccomp off (the filters' cost)")
     ap.add_argument("--no-placement", action="store_true",
@@ -184,6 +189,8 @@ def main():
         vmms["ch"] = ch_cmd(args.ch, guest)
     if args.edge:
         vmms["edge"] = corral_cmd(args.edge, guest, tg)
+        if not args.no_placement:
+            vmms["edge+cg"] = vmms["edge"] + ["--cgroup-parent", CGROUP_PARENT]
     if args.seccomp_off:
         vmms["no-seccomp"] = vmms["corral"] + ["--seccomp", "off"]
     results = {name: [] for name in vmms}
@@ -227,6 +234,13 @@ def main():
             ratio("corral+cg", "ch", "corral+cg / cloud-hypervisor")
     if "edge" in med:
         ratio("edge", "corral", "static edge build / dynamic build")
+        if "ch" in med:
+            ratio("edge", "ch", "edge / cloud-hypervisor")
+            if "edge+cg" in med:
+                ratio("edge+cg", "ch", "edge+cg / cloud-hypervisor")
+        if "edge+cg" in med:
+            print(f"placement costs, edge (medians)    first byte {med['edge+cg'][0] - med['edge'][0]:+.2f} ms, "
+                  f"exit {med['edge+cg'][1] - med['edge'][1]:+.2f} ms")
     if "no-seccomp" in med:
         ratio("corral", "no-seccomp", "seccomp filters on / off")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -78,6 +78,6 @@ def write(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         sys.exit(__doc__.strip().splitlines()[-1])
     write(sys.argv[1])
