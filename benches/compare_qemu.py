@@ -224,9 +224,12 @@ def main():
         line = (f"{label:34} first byte {med[a][0] / med[b][0]:.3f}, exit {med[a][1] / med[b][1]:.3f}, "
                 f"RSS {rss[a] / rss[b]:.3f}")
         print(line + (f", VMs/s {rate[a] / rate[b]:.3f}" if rate else ""))
-    if "corral+cg" in med:
-        print(f"placement costs (medians)          first byte {med['corral+cg'][0] - med['corral'][0]:+.2f} ms, "
-              f"exit {med['corral+cg'][1] - med['corral'][1]:+.2f} ms")
+    def placement_cost(base, label):
+        placed = base + "+cg"
+        if placed in med:
+            print(f"{label:34} first byte {med[placed][0] - med[base][0]:+.2f} ms, "
+                  f"exit {med[placed][1] - med[base][1]:+.2f} ms")
+    placement_cost("corral", "placement costs (medians)")
     ratio("corral", "qemu", "corral / qemu")
     if "ch" in med:
         ratio("corral", "ch", "corral / cloud-hypervisor")
@@ -238,9 +241,7 @@ def main():
             ratio("edge", "ch", "edge / cloud-hypervisor")
             if "edge+cg" in med:
                 ratio("edge+cg", "ch", "edge+cg / cloud-hypervisor")
-        if "edge+cg" in med:
-            print(f"placement costs, edge (medians)    first byte {med['edge+cg'][0] - med['edge'][0]:+.2f} ms, "
-                  f"exit {med['edge+cg'][1] - med['edge'][1]:+.2f} ms")
+        placement_cost("edge", "placement costs, edge (medians)")
     if "no-seccomp" in med:
         ratio("corral", "no-seccomp", "seccomp filters on / off")
     shutil.rmtree(tmp, ignore_errors=True)
