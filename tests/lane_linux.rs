@@ -83,12 +83,15 @@ for f in vmlinux bzImage; do
 done
 $C run --kernel $K/vmlinux --initrd {r} --cpus 1 --memory 256 > $S/reboot.log 2>&1
 echo $? > $S/reboot.status
+$C run --kernel {g} --cmdline r0=triplefault > $S/triple.log 2>&1
+echo $? > $S/triple.status
 ",
         k = sh_quote(kernel.to_str().unwrap()),
         i = sh_quote(initrd.to_str().unwrap()),
         c = sh_quote(CORRAL),
         s = sh_quote(share.to_str().unwrap()),
         r = sh_quote(reboot.to_str().unwrap()),
+        g = sh_quote(common::test_guest().to_str().unwrap()),
     );
     let out = Lane::new(&share).run(&script);
     assert_eq!(out.status, 0, "{}", out.console);
@@ -115,8 +118,58 @@ echo $? > $S/reboot.status
         3,
         "a guest reboot ends `corral run` with status 3:\n{log}"
     );
+    // A guest's own triple fault (the test guest: a null IDT, then ud2):
+    // status 4, and L1 reports the shutdown with the exception being
+    // delivered, which the lane does not put down to the emulator.
+    let log = read(&share, "triple.log");
+    assert_eq!(status(&share, "triple.status"), 4, "{log}");
+    let shutdowns: Vec<_> = out
+        .console
+        .lines()
+        .filter(|l| l.contains(nested::L2_SHUTDOWN))
+        .collect();
+    assert!(
+        shutdowns.iter().any(|l| l.contains("intr_info 0x80000306")),
+        "no L2 shutdown delivering #UD (vector 6, type exception) in L1's console:\n{}",
+        out.console
+    );
+    assert!(
+        nested::interrupt_delivery_shutdowns(&out.console).is_empty(),
+        "{shutdowns:?}"
+    );
+    eprintln!("{}", shutdowns.join("\n"));
     eprintln!("lane wall time {:.1} s (emulated)", out.wall.as_secs_f64());
     std::fs::remove_dir_all(&share).unwrap();
+}
+
+/// Which L2 shutdowns the lane puts down to the emulator: those during an
+/// external interrupt's delivery. The first line is one from this lane
+/// (the LAPIC timer's vector 0xec, L2 right after the idle loop's `hlt`).
+#[test]
+fn the_lane_blames_the_emulator_only_for_shutdowns_delivering_an_interrupt() {
+    let line = |info: &str| {
+        format!(
+            "{} vcpu0-2120    [000] .....   778.076763: kvm_exit: vcpu 0 reason shutdown \
+             rip 0xffffffff8140d04b info1 0x0000000000000000 info2 0x0000000000000000 \
+             intr_info {info} error_code 0x00000000",
+            nested::L2_SHUTDOWN
+        )
+    };
+    let console = [
+        line("0x800000ec"), // external interrupt, vector 0xec
+        line("0x80000306"), // exception #UD: the guest's own
+        line("0x80000b0e"), // #PF with an error code
+        line("0x00000000"), // nothing being delivered
+        line("0x000000ec"), // not valid
+        line("0x800002ec"), // NMI type
+        "corral-l1: status=1".to_string(),
+        "intr_info 0x800000ec without the marker".to_string(),
+        format!("{} intr_info", nested::L2_SHUTDOWN),
+        format!("{} intr_info 0xzz", nested::L2_SHUTDOWN),
+    ]
+    .join("\n");
+    let blamed = nested::interrupt_delivery_shutdowns(&console);
+    assert_eq!(blamed, vec![line("0x800000ec")]);
 }
 
 /// 1024 numbered lines, 25 bytes each: what the guest writes to its disk.
@@ -368,6 +421,14 @@ fn a_hung_lane_is_killed_and_shows_where_its_tasks_wait() {
     assert!(message.contains("did not finish within 90s"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(150), "{message}");
     assert!(message.contains("lane-hang-start"), "{message}");
+    // And where each of L1's vCPUs was, from QEMU's monitor.
+    let registers = &message[message
+        .find(nested::L1_REGISTERS)
+        .unwrap_or_else(|| panic!("no L1 registers:\n{message}"))..];
+    assert!(
+        registers.contains("CPU#0") && registers.contains("CPU#1") && registers.contains("RIP="),
+        "{registers}"
+    );
     assert!(
         message.contains("corral-l1: watchdog: still running after 30s"),
         "{message}"

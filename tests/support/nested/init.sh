@@ -5,7 +5,8 @@
 # overlay, mounts the test's share (tag `share`, read-write) at its host
 # path, sets up a pure cgroup v2 hierarchy as systemd does on a fresh
 # Debian 12, and runs the script named by corral.l1.script= in that root.
-# Prints `corral-l1: status=N` with the script's exit status, or
+# Prints the L2 shutdowns L1's KVM saw (`corral-l1: L2 shutdown: …`) and
+# `corral-l1: status=N` with the script's exit status, or
 # `corral-l1: FAILED: why` when L1 itself could not be set up; then powers off.
 /bin/busybox mkdir -p /bin /proc /sys /dev /newroot /ovl /host
 /bin/busybox --install -s /bin
@@ -30,6 +31,18 @@ for m in $(cat /lib/modules/order); do
   insmod "/lib/modules/$m" || fail "insmod $m"
 done
 [ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd (is -cpu max missing?)"
+
+# Every L2 shutdown (a triple fault: SVM exit code 0x7f) that L1's KVM sees,
+# traced with L2's RIP and the event the CPU was delivering at the time
+# (SVM's EXITINTINFO: valid in bit 31, type in bits 10:8, vector in 7:0).
+# KVM reinitialises the vCPU before it reports the shutdown to Corral, so
+# this is the only record of where L2 was. Printed after the script.
+trace=/sys/kernel/tracing
+mount -t tracefs tracefs $trace || fail "mount tracefs"
+echo 64 > $trace/buffer_size_kb
+echo 'exit_reason == 127' > $trace/events/kvm/kvm_exit/filter \
+  && echo 1 > $trace/events/kvm/kvm_exit/enable \
+  || fail "trace L2 shutdowns (kvm:kvm_exit)"
 
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
   || fail "mount the host root (9p tag hostroot)"
@@ -105,5 +118,7 @@ chroot /newroot /bin/sh -c '
   echo $$ > /sys/fs/cgroup/system.slice/corral-lane.service/cgroup.procs
   export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
   cd "${1%/*}" && exec /bin/sh "$1"' lane "$script"
-echo "corral-l1: status=$?"
+status=$?
+grep 'reason shutdown' $trace/trace | sed 's/^ */corral-l1: L2 shutdown: /'
+echo "corral-l1: status=$status"
 poweroff -f
