@@ -226,3 +226,40 @@ fn test_guest_virtio_drivers_pass_against_qemu_devices() {
     assert!(out.contains("result: ok"), "{out}");
     eprintln!("{out}");
 }
+
+/// The helper every reference run waits with: a child that outlives its
+/// limit is killed, and the failure shows its threads' states and what it
+/// printed (a QEMU that timed out in CI had said nothing at all). A child
+/// that prints more than a pipe holds is not blocked by it.
+#[test]
+fn a_reference_run_past_its_limit_shows_its_threads_and_output() {
+    let child = Command::new("sh")
+        .args(["-c", "echo reference-started; exec sleep 30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let panic = std::panic::catch_unwind(|| {
+        common::wait_output_within(child, Duration::from_secs(1), "the sleeper")
+    })
+    .expect_err("a 30 s sleep finished within 1 s");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(started.elapsed() < Duration::from_secs(10), "{message}");
+    assert!(
+        message.contains("the sleeper did not finish within 1s"),
+        "{message}"
+    );
+    assert!(message.contains("reference-started"), "{message}");
+    assert!(message.contains("  sleep S hrtimer_nanosleep"), "{message}");
+    // 1 MiB on stdout: more than a pipe holds.
+    let child = Command::new("sh")
+        .args(["-c", "head -c 1048576 /dev/zero"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = common::wait_output_within(child, Duration::from_secs(20), "head");
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 1 << 20);
+}

@@ -153,15 +153,81 @@ pub fn wait_output_within(
     limit: std::time::Duration,
     what: &str,
 ) -> std::process::Output {
+    // Its pipes are drained while it runs: a child that fills one (a guest
+    // console past 64 KiB, say with RCU stall warnings under load) would
+    // otherwise block on its write and look hung.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>, name: &str| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut buf);
+                }
+                buf
+            })
+            .unwrap()
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        "drain-stdout",
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        "drain-stderr",
+    );
     let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if started.elapsed() > limit {
+            let threads = thread_states(child.id());
             child.kill().unwrap();
-            panic!("{what} did not finish within {limit:?}");
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!(
+                "{what} did not finish within {limit:?}; its threads (name, state, wait channel):\n\
+                 {threads}its output so far:\n{out}\n{err}"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
-    child.wait_with_output().unwrap()
+}
+
+/// One line per thread of process `pid`: its name, state and wait channel.
+fn thread_states(pid: u32) -> String {
+    let mut lines = String::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.get(..1))
+            .unwrap_or("?");
+        lines.push_str(&format!(
+            "  {} {state} {}\n",
+            read("comm").trim(),
+            read("wchan")
+        ));
+    }
+    lines
 }
 
 /// QEMU options every reference run uses: nothing the command line does
