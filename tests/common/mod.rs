@@ -156,32 +156,8 @@ pub fn wait_output_within(
     // Its pipes are drained while it runs: a child that fills one (a guest
     // console past 64 KiB, say with RCU stall warnings under load) would
     // otherwise block on its write and look hung.
-    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>, name: &str| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_end(&mut buf);
-                }
-                buf
-            })
-            .unwrap()
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        "drain-stdout",
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        "drain-stderr",
-    );
+    let stdout = drain(child.stdout.take(), "drain-stdout");
+    let stderr = drain(child.stderr.take(), "drain-stderr");
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -205,6 +181,23 @@ pub fn wait_output_within(
         stdout: stdout.join().unwrap(),
         stderr: stderr.join().unwrap(),
     }
+}
+
+/// Reads `pipe` to its end on a thread named `name`.
+fn drain<R: std::io::Read + Send + 'static>(
+    pipe: Option<R>,
+    name: &str,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+        .unwrap()
 }
 
 /// One line per thread of process `pid`: its name, state and wait channel.
