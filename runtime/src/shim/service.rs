@@ -21,6 +21,7 @@ use containerd_shim::{Config, Error, Flags, StartOpts};
 use tokio::io::AsyncReadExt;
 
 use super::leftovers;
+use super::task::uncancelled::Uncancelled;
 use super::task::TaskService;
 
 /// The annotation naming a container's pod sandbox (CRI).
@@ -38,7 +39,7 @@ pub struct CorralShim {
 
 #[async_trait]
 impl Shim for CorralShim {
-    type T = TaskService;
+    type T = Uncancelled<TaskService>;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         if args.action.is_empty() {
@@ -81,9 +82,14 @@ impl Shim for CorralShim {
         self.exit.wait().await;
     }
 
-    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Uncancelled<TaskService> {
         super::logging::log_runtime_threads();
-        TaskService::new(&self.namespace, &self.socket, publisher, self.exit.clone())
+        Uncancelled(TaskService::new(
+            &self.namespace,
+            &self.socket,
+            publisher,
+            self.exit.clone(),
+        ))
     }
 }
 

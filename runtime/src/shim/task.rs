@@ -345,6 +345,7 @@ pub fn pod_key(namespace: &str, id: &str) -> String {
 }
 
 mod calls;
+pub mod uncancelled;
 
 /// Opens a started process's stdio and starts its pumps.
 async fn start_io(
