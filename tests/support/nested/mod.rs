@@ -125,9 +125,10 @@ impl Lane {
     /// Runs `script` (POSIX sh) in L1 and returns its output and status;
     /// panics, with the console, if L1 could not run it or time ran out.
     /// Run again once, loudly: an L1 that stopped running altogether (no
-    /// heartbeat), and a failed script during which an L2 guest
-    /// triple-faulted while the emulated CPU delivered it an interrupt
-    /// ([`interrupt_delivery_shutdowns`]).
+    /// heartbeat), a run that timed out with an emulated CPU stuck in an
+    /// interrupt shadow ([`stuck_in_interrupt_shadow`]), and a failed
+    /// script during which an L2 guest triple-faulted while the emulated
+    /// CPU delivered it an interrupt ([`interrupt_delivery_shutdowns`]).
     pub fn run(&self, script: &str) -> LaneOutput {
         let why = match self.spawn(script).finish_or_stall(self.timeout, self.stall) {
             Ok(out) => {
@@ -143,19 +144,12 @@ impl Lane {
                     out.console
                 )
             }
-            Err(console) => format!(
-                "L1 stopped running (its kernel panicked, or no heartbeat for {:?}: the emulator \
-                 wedged). Its console:\n{console}",
-                self.stall
-            ),
+            Err(why) => why,
         };
         eprintln!("nested lane: {why}\nnested lane: running the script again once");
         match self.spawn(script).finish_or_stall(self.timeout, self.stall) {
             Ok(out) => out,
-            Err(console) => panic!(
-                "L1 stopped running on the second attempt (kernel panic, or no heartbeat for {:?}):\n{console}",
-                self.stall
-            ),
+            Err(why) => panic!("nested lane, second attempt: {why}"),
         }
     }
 
@@ -270,14 +264,16 @@ impl RunningLane {
     /// Waits until the console shows `needle`; panics, with the console, if
     /// L1 ends, fails or `limit` passes first.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) {
-        if let Err(console) = self.wait_for_or_stall(needle, limit, Duration::MAX) {
-            panic!("L1 stopped running:\n{console}");
+        if let Err(why) = self.wait_for_or_stall(needle, limit, Duration::MAX) {
+            panic!("{why}");
         }
     }
 
-    /// Like [`RunningLane::wait_for`], but an L1 whose heartbeat went
-    /// stale for `stall` (the emulator wedged) is killed and its console
-    /// returned as the error, so the caller can run its scenario again.
+    /// Like [`RunningLane::wait_for`], but when the emulator is at fault,
+    /// L1 is killed and the error says why, with its console, so the caller
+    /// can run its scenario again: L1's heartbeat went stale for `stall`
+    /// (the emulator wedged), or `limit` passed with a vCPU stuck in an
+    /// interrupt shadow ([`stuck_in_interrupt_shadow`]).
     pub fn wait_for_or_stall(
         &mut self,
         needle: &str,
@@ -295,14 +291,19 @@ impl RunningLane {
                 panic!("L1 ended ({status}) before printing {needle:?}:\n{text}");
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("L1 did not print {needle:?} within {limit:?}:\n{text}");
+                return Err(
+                    self.timed_out(&format!("L1 did not print {needle:?} within {limit:?}"))
+                );
             }
             if self.last_beat().elapsed().unwrap_or_default() > stall {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 self.join_readers();
-                return Err(self.console());
+                return Err(format!(
+                    "L1 stopped running (no heartbeat for {stall:?}: the emulator wedged). \
+                     Its console:\n{}",
+                    self.console()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -329,13 +330,16 @@ impl RunningLane {
     pub fn finish(self, limit: Duration) -> LaneOutput {
         let stall = limit;
         self.finish_or_stall(limit, stall)
-            .unwrap_or_else(|console| panic!("L1 stopped running:\n{console}"))
+            .unwrap_or_else(|why| panic!("{why}"))
     }
 
-    /// Like [`RunningLane::finish`], but an L1 whose heartbeat file went
-    /// stale for `stall` (L1 itself stopped running) is killed, and its
-    /// console returned as the error; so is an L1 whose own kernel
-    /// panicked before the script's status.
+    /// Like [`RunningLane::finish`], but a run that is the emulator's fault
+    /// rather than the script's ends in an error saying which, with the
+    /// console and L1's registers, instead of a panic: an L1 whose
+    /// heartbeat file went stale for `stall` (L1 itself stopped running),
+    /// one whose own kernel panicked before the script's status, and one
+    /// that reached `limit` with a vCPU stuck in an interrupt shadow
+    /// ([`stuck_in_interrupt_shadow`]). Any other timeout panics.
     pub fn finish_or_stall(
         mut self,
         limit: Duration,
@@ -357,7 +361,9 @@ impl RunningLane {
                 // stack-guard hit in L1's page-fault path on a vCPU thread
                 // while L2 reset): like a wedge, not a verdict on the test.
                 if script_status.is_none() && console.contains("Kernel panic - not syncing") {
-                    return Err(console);
+                    return Err(format!(
+                        "L1's own kernel panicked before the script's status. Its console:\n{console}"
+                    ));
                 }
                 let script_status = script_status.unwrap_or_else(|| {
                     panic!("L1 ended ({status}) without the script's status:\n{console}")
@@ -369,24 +375,48 @@ impl RunningLane {
                 });
             }
             if self.started.elapsed() > limit {
-                let registers = self.l1_registers();
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.join_readers();
-                panic!(
-                    "L1 did not finish within {limit:?}:\n{}\n{registers}",
-                    self.console()
-                );
+                return Err(self.timed_out(&format!("L1 did not finish within {limit:?}")));
             }
             if self.last_beat().elapsed().unwrap_or_default() > stall {
                 let registers = self.l1_registers();
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 self.join_readers();
-                return Err(format!("{}\n{registers}", self.console()));
+                return Err(format!(
+                    "L1 stopped running (no heartbeat for {stall:?}: the emulator wedged). \
+                     Its console:\n{}\n{registers}",
+                    self.console()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Ends a run past its time limit: asks for L1's registers twice, 3 s
+    /// apart, and kills it. When a vCPU sat in the same interrupt shadow
+    /// both times ([`stuck_in_interrupt_shadow`]), the emulator stopped
+    /// running it: returns that as the error, with the console and the
+    /// registers. Otherwise the script really hung: panics with `what`, the
+    /// console and the registers.
+    fn timed_out(&mut self, what: &str) -> String {
+        let registers = self.l1_registers();
+        std::thread::sleep(Duration::from_secs(3));
+        let again = self.l1_registers();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.join_readers();
+        let console = self.console();
+        let stuck = stuck_in_interrupt_shadow(&registers, &again);
+        assert!(
+            !stuck.is_empty(),
+            "{what}:\n{console}\n{registers}\n3 s later:\n{again}"
+        );
+        format!(
+            "{what}, and {} sat in an interrupt shadow at the same RIP for 3 s: a CPU runs \
+             one instruction there, so the emulator had stopped running it (README, \"The \
+             nested-KVM lane\"). Its console:\n{console}\n{registers}\n3 s later:\n{again}",
+            stuck.join(", ")
+        )
     }
 
     /// Every L1 vCPU's registers, asked of QEMU's monitor (`info registers
@@ -486,6 +516,34 @@ pub fn interrupt_delivery_shutdowns(console: &str) -> Vec<&str> {
                 .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok());
             info.is_some_and(|i| i & (1 << 31) != 0 && (i >> 8) & 7 == 0)
         })
+        .collect()
+}
+
+/// The vCPUs (`CPU#n`) that two of QEMU's register dumps
+/// ([`RunningLane`]'s, `info registers -a`), taken seconds apart, both show
+/// in an interrupt shadow (`II=1`: right after `sti` or a move to SS) at
+/// the same RIP. A CPU leaves the shadow with its next instruction, so one
+/// still there seconds later is not being run at all: seen in this lane as
+/// L2's idle loop stopped between its `sti` and `hlt` (`RIP` on the `hlt`,
+/// `II=1 HLT=0`) for ten minutes while every other CPU ran, the emulator's
+/// (QEMU TCG's SVM) fault, not the guest's or the VMM's.
+pub fn stuck_in_interrupt_shadow(first: &str, second: &str) -> Vec<String> {
+    fn shadowed(dump: &str) -> Vec<(&str, &str)> {
+        dump.split("CPU#")
+            .skip(1)
+            .filter_map(|cpu| {
+                let id = cpu.split_whitespace().next()?;
+                let words: Vec<&str> = cpu.split_whitespace().collect();
+                let rip = words.iter().find_map(|w| w.strip_prefix("RIP="))?;
+                words.contains(&"II=1").then_some((id, rip))
+            })
+            .collect()
+    }
+    let later = shadowed(second);
+    shadowed(first)
+        .into_iter()
+        .filter(|cpu| later.contains(cpu))
+        .map(|(id, rip)| format!("CPU#{id} (RIP={rip})"))
         .collect()
 }
 
