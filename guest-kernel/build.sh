@@ -75,20 +75,39 @@ if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
   exit 0
 fi
 
-# One source tree per package version and variant, one object tree per
-# variant: a fragment change rebuilds incrementally.
-src=$cache/src-$srcver-$variant
+# One pristine source tree per package version (the default variant's),
+# one object tree per variant: a fragment change rebuilds incrementally. A
+# variant with patches gets a hard-linked copy of the pristine tree (cp
+# -al; patch replaces the files it changes rather than writing through the
+# links), so the two trees take the disk of one (1.5 GB).
+pristine=$cache/src-$srcver-default
 obj=$cache/obj-$srcver-$variant
-if [ ! -f "$src/.corral-ready" ]; then
+exec 8>"$cache/.lock-src"
+flock 8
+if [ ! -f "$pristine/.corral-ready" ]; then
   log "unpacking $tarball"
-  rm -rf "$src" && mkdir -p "$src"
-  tar -xf "$tarball" -C "$src" --strip-components=1
-  for p in "${patches[@]}"; do
-    log "applying $(basename "$p")"
-    patch -d "$src" -p1 --quiet < "$p"
-  done
-  touch "$src/.corral-ready"
+  rm -rf "$pristine" && mkdir -p "$pristine"
+  tar -xf "$tarball" -C "$pristine" --strip-components=1
+  touch "$pristine/.corral-ready"
 fi
+src=$pristine
+if [ "$variant" != default ]; then
+  src=$cache/src-$srcver-$variant
+  # (A tree without the marker is a full copy from before, or half made.)
+  if [ ! -f "$src/.corral-linked" ]; then
+    log "linking a copy of the source for $variant"
+    rm -rf "$src"
+    cp -al "$pristine" "$src"
+    rm -f "$src/.corral-ready"
+    for p in "${patches[@]}"; do
+      log "applying $(basename "$p")"
+      patch -d "$src" -p1 --quiet < "$p"
+    done
+    touch "$src/.corral-linked"
+  fi
+fi
+flock -u 8
+exec 8>&-
 
 mkdir -p "$obj"
 log "configuring ($variant): tinyconfig + config.fragment"
