@@ -227,18 +227,23 @@ fn test_guest_virtio_drivers_pass_against_qemu_devices() {
     eprintln!("{out}");
 }
 
+/// `sh -c script`, its stdout and stderr piped.
+fn sh_piped(script: &str) -> std::process::Child {
+    Command::new("sh")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// The helper every reference run waits with: a child that outlives its
 /// limit is killed, and the failure shows its threads' states and what it
 /// printed (a QEMU that timed out in CI had said nothing at all). A child
 /// that prints more than a pipe holds is not blocked by it.
 #[test]
 fn a_reference_run_past_its_limit_shows_its_threads_and_output() {
-    let child = Command::new("sh")
-        .args(["-c", "echo reference-started; exec sleep 30"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = sh_piped("echo reference-started; exec sleep 30");
     let started = Instant::now();
     let panic = std::panic::catch_unwind(|| {
         common::wait_output_within(child, Duration::from_secs(1), "the sleeper")
@@ -253,12 +258,7 @@ fn a_reference_run_past_its_limit_shows_its_threads_and_output() {
     assert!(message.contains("reference-started"), "{message}");
     assert!(message.contains("  sleep S hrtimer_nanosleep"), "{message}");
     // 1 MiB on stdout: more than a pipe holds.
-    let child = Command::new("sh")
-        .args(["-c", "head -c 1048576 /dev/zero"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = sh_piped("head -c 1048576 /dev/zero");
     let out = common::wait_output_within(child, Duration::from_secs(20), "head");
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 1 << 20);
